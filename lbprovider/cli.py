@@ -1,0 +1,208 @@
+"""The ``lbprovider`` command line (SPEC §8), also mounted by the ``llm`` plugin as ``llm lb``.
+
+Exit codes: 0 ok, 1 a request failed, 2 bad input.  Nothing here imports litellm
+at module level: ``--help``, ``profiles …`` and ``stats`` must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from lbprovider.errors import ConfigError, LBError
+from lbprovider.profile_store import ProfileStore
+from lbprovider.profiles import redact_profile
+
+__all__ = ["cli", "main"]
+
+EXIT_REQUEST_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class LBGroup(click.Group):
+    """A click group that turns our errors into a message on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            _fail(ctx, exc, EXIT_BAD_INPUT)
+        except LBError as exc:
+            _fail(ctx, exc, EXIT_REQUEST_FAILED)
+
+
+def _fail(ctx: click.Context, exc: LBError, code: int) -> NoReturn:
+    click.echo(f"error: {exc}", err=True)
+    ctx.exit(code)
+
+
+def _store(ctx: click.Context) -> ProfileStore:
+    obj = ctx.find_object(dict)
+    if obj is not None and isinstance(obj.get("store"), ProfileStore):
+        return obj["store"]  # type: ignore[no-any-return]
+    return ProfileStore()
+
+
+def _warn(lines: Any) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
+
+
+@click.group(cls=LBGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lbprovider", prog_name="lbprovider")
+def cli() -> None:
+    """Load-balance LLM requests over several backends (round-robin or sticky failover)."""
+
+
+@cli.group(cls=LBGroup)
+def profiles() -> None:
+    """List, show, validate and edit profiles."""
+
+
+@profiles.command("list")
+@click.pass_context
+def profiles_list(ctx: click.Context) -> None:
+    """List every profile on the search path, with its kind and file."""
+    store = _store(ctx)
+    entries = store.entries()
+    if not entries:
+        searched = ", ".join(str(d) for d in store.dirs)
+        click.echo(f"no profiles found (searched {searched})", err=True)
+        return
+    results = {v.name: v for v in store.validate([e.name for e in entries])}
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        v = results[e.name]
+        kind = v.kind if v.ok else "INVALID (run 'profiles validate')"
+        click.echo(f"{e.name:<{width}}  {kind}  {e.path}")
+        for shadowed in e.shadowed:
+            click.echo(f"{'':<{width}}  (shadows {shadowed})")
+
+
+@profiles.command("show")
+@click.argument("name")
+@click.pass_context
+def profiles_show(ctx: click.Context, name: str) -> None:
+    """Print profile NAME as JSON, keys redacted to their last 4 characters."""
+    store = _store(ctx)
+    path = store.path_of(name)
+    data = store.read_raw(path)
+    click.echo(f"# {path}", err=True)
+    click.echo(json.dumps(redact_profile(data), indent=2, ensure_ascii=False))
+
+
+@profiles.command("validate")
+@click.argument("names", nargs=-1)
+@click.pass_context
+def profiles_validate(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Check NAMEs (default: every profile) and report each problem. Exit 2 on any."""
+    store = _store(ctx)
+    results = store.validate(list(names) if names else None)
+    if not results:
+        searched = ", ".join(str(d) for d in store.dirs)
+        click.echo(f"no profiles found (searched {searched})", err=True)
+        return
+    failed = 0
+    for r in results:
+        if r.ok:
+            click.echo(f"ok     {r.name}: {r.kind}")
+        else:
+            failed += 1
+            for err in r.errors:
+                click.echo(f"error  {r.name}: {err}", err=True)
+        for w in r.warnings:
+            click.echo(f"warn   {r.name}: {w}", err=True)
+    if failed:
+        click.echo(f"{failed} of {len(results)} profile(s) have errors", err=True)
+        ctx.exit(EXIT_BAD_INPUT)
+
+
+def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--set {item!r} is not KEY=VALUE", field="--set",
+                hint="for example --set timeout_ms=8000",
+            )
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        settings[key.strip()] = value
+    return settings
+
+
+@profiles.command("save-lb")
+@click.argument("name")
+@click.argument("members", nargs=-1, required=True)
+@click.option("--policy", "-P", required=True, help="roundrobin or failover")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="a load-balancer setting (JSON value), repeatable")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              help="write here instead of <home>/profiles")
+@click.pass_context
+def profiles_save_lb(ctx: click.Context, name: str, members: tuple[str, ...], policy: str,
+                     settings: tuple[str, ...], directory: Path | None) -> None:
+    """Create or replace load balancer NAME over MEMBERS."""
+    store = _store(ctx)
+    path, config = store.save_loadbalancer(
+        name, policy=policy, members=list(members), settings=_parse_set(settings),
+        directory=directory,
+    )
+    _warn(config.warnings)
+    click.echo(f"saved {name} ({config.policy.value}: {', '.join(config.member_names)}) to {path}")
+
+
+@profiles.command("push")
+@click.argument("name")
+@click.argument("member")
+@click.pass_context
+def profiles_push(ctx: click.Context, name: str, member: str) -> None:
+    """Append MEMBER to load balancer NAME."""
+    path, config = _store(ctx).push(name, member)
+    _warn(config.warnings)
+    click.echo(f"{name}: {', '.join(config.member_names)} ({path})")
+
+
+@profiles.command("pop")
+@click.argument("name")
+@click.pass_context
+def profiles_pop(ctx: click.Context, name: str) -> None:
+    """Remove the last member of load balancer NAME."""
+    path, removed, config = _store(ctx).pop(name)
+    _warn(config.warnings)
+    click.echo(f"removed {removed}; {name}: {', '.join(config.member_names)} ({path})")
+
+
+@cli.command("sim")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="port on 127.0.0.1 (0 picks a free one)")
+@click.option("--behavior", "behavior", default="ok", show_default=True,
+              help="e.g. ok, status=503, status=429,retry_after=2, stall_first_chunk=10, "
+                   "drop_after=3, flaky=0.5,seed=1, fail_first=2, malformed")
+@click.option("--for", "duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="stop after this many seconds (default: until Ctrl-C)")
+def sim_command(port: int, behavior: str, duration: float | None) -> None:
+    """Run a simulated OpenAI-compatible backend on 127.0.0.1."""
+    from lbprovider import sim
+
+    try:
+        parsed = sim.Behavior.parse(behavior)
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="--behavior", hint="see lbprovider sim --help") from None
+    sim.run_forever(parsed, port=port, duration=duration)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="lbprovider")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

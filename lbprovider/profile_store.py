@@ -1,0 +1,451 @@
+"""The profile store (SPEC §2): find, read, resolve and atomically write profile files.
+
+Reads go through the search path (first hit wins).  Edits (save, push, pop) work
+on the raw JSON object, so keys and unknown llxprt settings survive untouched, are
+validated as a whole before anything is written, and land with temp file + rename
+at mode 0600: a crash never leaves a half-written profile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lbprovider.errors import (
+    ConfigError,
+    LBError,
+    ProfileFormatError,
+    ProfileNotFoundError,
+    ProfileValidationError,
+)
+from lbprovider.paths import home_dir, profile_search_dirs
+from lbprovider.profiles import (
+    LoadBalancerConfig,
+    LoadBalancerProfile,
+    Member,
+    MemberProfile,
+    Policy,
+    check_name,
+    is_loadbalancer,
+    parse_inline_member,
+    parse_profile,
+    resolve_key,
+)
+from lbprovider.settings import SETTING_KEYS
+
+__all__ = ["ProfileEntry", "ProfileStore", "Validation", "atomic_write_json"]
+
+_SUFFIX = ".json"
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` with temp file + fsync + rename, mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileEntry:
+    """One profile name on the search path: the file that wins and those it shadows."""
+
+    name: str
+    path: Path
+    shadowed: tuple[Path, ...] = ()
+
+
+@dataclass(slots=True)
+class Validation:
+    """What ``validate`` found for one profile."""
+
+    name: str
+    path: Path | None
+    kind: str = ""
+    errors: list[LBError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No errors (warnings allowed)."""
+        return not self.errors
+
+
+class ProfileStore:
+    """Profiles on a search path, with atomic edits.
+
+    ``dirs`` overrides the search path (tests, hosts); by default it is computed
+    from the environment and the working directory (SPEC §2).  New profiles are
+    written to ``write_dir`` (default ``<home>/profiles``); existing ones are
+    edited where they are.
+    """
+
+    def __init__(
+        self,
+        dirs: Iterable[Path] | None = None,
+        *,
+        write_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self._env = os.environ if env is None else env
+        self.dirs = list(dirs) if dirs is not None else profile_search_dirs(cwd, self._env)
+        self.write_dir = write_dir if write_dir is not None else home_dir(self._env) / "profiles"
+
+    # -- finding and reading -------------------------------------------------------------
+
+    def find(self, name: str) -> Path | None:
+        """The file that holds profile ``name``, or None. The name is checked first."""
+        check_name(name)
+        for d in self.dirs:
+            candidate = d / f"{name}{_SUFFIX}"
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def path_of(self, name: str, *, file: Path | None = None, field: str | None = None) -> Path:
+        """Like :meth:`find`, but a missing profile is an error naming the search path."""
+        path = self.find(name)
+        if path is None:
+            raise ProfileNotFoundError(name, self.dirs, file=file, field=field)
+        return path
+
+    def entries(self) -> list[ProfileEntry]:
+        """Every profile on the search path, sorted by name, with shadowed copies."""
+        found: dict[str, list[Path]] = {}
+        for d in self.dirs:
+            if not d.is_dir():
+                continue
+            for p in sorted(d.glob(f"*{_SUFFIX}")):
+                name = p.name[: -len(_SUFFIX)]
+                if p.is_file() and _valid_name(name):
+                    found.setdefault(name, []).append(p)
+        return [ProfileEntry(n, ps[0], tuple(ps[1:])) for n, ps in sorted(found.items())]
+
+    @staticmethod
+    def read_raw(path: Path) -> Any:
+        """Read a profile file's JSON; a truncated file names the line and column."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ProfileFormatError("the file is not UTF-8 text", file=path) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the file: {exc.strerror or exc}",
+                file=path,
+                hint="check that it exists and is readable",
+            ) from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProfileFormatError(exc.msg, file=path, line=exc.lineno, column=exc.colno) from None
+
+    def load(self, name: str) -> tuple[Path, MemberProfile | LoadBalancerProfile]:
+        """Find and parse profile ``name`` (member or load balancer)."""
+        path = self.path_of(name)
+        return path, parse_profile(self.read_raw(path), file=path)
+
+    # -- resolution ----------------------------------------------------------------------
+
+    def load_loadbalancer(self, name: str) -> LoadBalancerConfig:
+        """Load a load-balancer profile and resolve its members through the store."""
+        path, profile = self.load(name)
+        if not isinstance(profile, LoadBalancerProfile):
+            raise ConfigError(
+                f"{name!r} is a member profile, not a load balancer",
+                file=path,
+                field="type",
+                hint='load balancers have "type": "loadbalancer"; use a load-balancer name',
+            )
+        return self.resolve(name, profile, file=path)
+
+    def resolve(
+        self,
+        name: str,
+        profile: LoadBalancerProfile,
+        *,
+        file: Path | None = None,
+        strict: bool = False,
+    ) -> LoadBalancerConfig:
+        """Resolve members in order. Missing ones are dropped with a warning unless ``strict``.
+
+        Duplicates keep their first position (warning); a member that is itself a
+        load balancer is an error; too few usable members is an error.
+        """
+        warnings: list[str] = []
+        members: list[Member] = []
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(profile.profiles):
+            where = f"profiles[{i}]"
+            if isinstance(entry, str):
+                check_name(entry, file=file, field=where)
+                member_name = entry
+                if member_name in seen:
+                    warnings.append(
+                        f"{where}: duplicate member {member_name!r} ignored "
+                        f"(kept at profiles[{seen[member_name]}])"
+                    )
+                    continue
+                member_path = self.find(member_name)
+                if member_path is None:
+                    if strict:
+                        raise ProfileNotFoundError(member_name, self.dirs, file=file, field=where)
+                    warnings.append(f"{where}: member {member_name!r} not found; skipped")
+                    continue
+                raw = self.read_raw(member_path)
+                if isinstance(raw, dict) and is_loadbalancer(raw):
+                    raise _nesting_error(member_name, file=file, field=where)
+                parsed = parse_profile(raw, file=member_path)
+                assert isinstance(parsed, MemberProfile)
+                key = resolve_key(parsed, file=member_path, env=self._env)
+                member_file: Path | None = member_path
+            elif isinstance(entry, dict):
+                inline = parse_inline_member(entry, file=file, field=where)
+                member_name = inline.name
+                if member_name in seen:
+                    warnings.append(
+                        f"{where}: duplicate member {member_name!r} ignored "
+                        f"(kept at profiles[{seen[member_name]}])"
+                    )
+                    continue
+                parsed = inline
+                key = resolve_key(inline, file=file, field_prefix=f"{where}.", env=self._env)
+                member_file = file
+            else:
+                raise ProfileValidationError(
+                    f"must be a member profile name or an inline member object, "
+                    f"not {type(entry).__name__}",
+                    file=file,
+                    field=where,
+                    hint="write the member's profile name as a string",
+                )
+            seen[member_name] = i
+            members.append(
+                Member(
+                    name=member_name,
+                    provider=parsed.provider,
+                    model=parsed.model,
+                    api_base=parsed.ephemeralSettings.base_url,
+                    api_key=key,
+                    model_params={**parsed.modelParams, **profile.modelParams},
+                    context_limit=parsed.ephemeralSettings.context_limit,
+                    file=member_file,
+                )
+            )
+        minimum = 2 if profile.policy is Policy.FAILOVER else 1
+        if len(members) < minimum:
+            need = "at least 2 usable members" if minimum == 2 else "a usable member"
+            dropped = f" ({'; '.join(warnings)})" if warnings else ""
+            raise ProfileValidationError(
+                f"a {profile.policy.value} load balancer needs {need}, "
+                f"{len(members)} left{dropped}",
+                file=file,
+                field="profiles",
+                hint="add member profiles, or fix the missing ones",
+            )
+        return LoadBalancerConfig(
+            name=name,
+            policy=profile.policy,
+            members=tuple(members),
+            settings=profile.ephemeralSettings,
+            model_params=dict(profile.modelParams),
+            file=file,
+            warnings=tuple(warnings),
+        )
+
+    # -- validation ----------------------------------------------------------------------
+
+    def validate(self, names: Iterable[str] | None = None) -> list[Validation]:
+        """Check the named profiles (default: every profile) and report each problem."""
+        if names is None:
+            return [self._validate_one(e.name, e.path) for e in self.entries()]
+        results: list[Validation] = []
+        for name in names:
+            try:
+                path = self.path_of(name)
+            except ConfigError as exc:
+                results.append(Validation(name, None, errors=[exc]))
+                continue
+            results.append(self._validate_one(name, path))
+        return results
+
+    def _validate_one(self, name: str, path: Path) -> Validation:
+        result = Validation(name, path)
+        try:
+            profile = parse_profile(self.read_raw(path), file=path)
+            if isinstance(profile, LoadBalancerProfile):
+                config = self.resolve(name, profile, file=path)
+                result.kind = f"loadbalancer ({config.policy.value}: {', '.join(config.member_names)})"
+                result.warnings.extend(config.warnings)
+                result.warnings.extend(
+                    _unknown_setting_warnings(profile.ephemeralSettings.extra_keys)
+                )
+            else:
+                resolve_key(profile, file=path, env=self._env)
+                result.kind = f"member ({profile.provider}/{profile.model})"
+        except ConfigError as exc:
+            result.errors.append(exc)
+        return result
+
+    # -- edits ---------------------------------------------------------------------------
+
+    def write(self, name: str, data: Mapping[str, Any], *, directory: Path | None = None) -> Path:
+        """Write profile ``name`` atomically: in place if it exists, else to ``directory``."""
+        check_name(name)
+        existing = self.find(name)
+        if directory is not None:
+            path = directory / f"{name}{_SUFFIX}"
+        elif existing is not None:
+            path = existing
+        else:
+            path = self.write_dir / f"{name}{_SUFFIX}"
+        atomic_write_json(path, dict(data))
+        return path
+
+    def save_loadbalancer(
+        self,
+        name: str,
+        *,
+        policy: str,
+        members: list[str],
+        settings: Mapping[str, Any] | None = None,
+        directory: Path | None = None,
+    ) -> tuple[Path, LoadBalancerConfig]:
+        """Create or replace a load-balancer profile; every member must exist."""
+        check_name(name)
+        for key in settings or {}:
+            if key not in SETTING_KEYS:
+                close = difflib.get_close_matches(key, SETTING_KEYS, n=1)
+                raise ConfigError(
+                    f"unknown setting {key!r}",
+                    field=f"ephemeralSettings.{key}",
+                    hint=f"did you mean {close[0]!r}?" if close else "see docs/profiles.md",
+                )
+        existing = self.find(name)
+        if existing is not None and directory is None:
+            raw = self.read_raw(existing)
+            if not (isinstance(raw, dict) and is_loadbalancer(raw)):
+                raise ConfigError(
+                    f"{name!r} already exists as a member profile; refusing to overwrite it",
+                    file=existing,
+                    hint="pick another name for the load balancer",
+                )
+        data: dict[str, Any] = {
+            "version": 1,
+            "type": "loadbalancer",
+            "policy": policy,
+            "profiles": list(members),
+            "modelParams": {},
+            "ephemeralSettings": dict(settings or {}),
+        }
+        target = (directory or (existing.parent if existing else self.write_dir)) / f"{name}.json"
+        config = self._check_lb(name, data, file=target)
+        return self.write(name, data, directory=target.parent), config
+
+    def push(self, name: str, member: str) -> tuple[Path, LoadBalancerConfig]:
+        """Append ``member`` to load balancer ``name``'s list, with validation."""
+        path, data = self._read_lb(name)
+        check_name(member, field="MEMBER")
+        names = _entry_names(data["profiles"])
+        if member in names:
+            raise ConfigError(
+                f"{member!r} is already a member of {name!r} "
+                f"(profiles[{names.index(member)}])",
+                file=path,
+                field="profiles",
+                hint="nothing to do; use 'profiles pop' to remove the last member",
+            )
+        member_path = self.path_of(member, field="MEMBER")
+        raw = self.read_raw(member_path)
+        if isinstance(raw, dict) and is_loadbalancer(raw):
+            raise _nesting_error(member, file=path, field=f"profiles[{len(names)}]")
+        data["profiles"] = [*data["profiles"], member]
+        config = self._check_lb(name, data, file=path)
+        return self.write(name, data), config
+
+    def pop(self, name: str) -> tuple[Path, str, LoadBalancerConfig]:
+        """Remove the last member of load balancer ``name``; returns the removed name."""
+        path, data = self._read_lb(name)
+        entries = list(data["profiles"])
+        policy = str(data.get("policy", "")).lower()
+        minimum = 2 if policy == Policy.FAILOVER.value else 1
+        if len(entries) <= minimum:
+            raise ConfigError(
+                f"{name!r} has {len(entries)} member(s); a {policy} load balancer needs "
+                f"at least {minimum}",
+                file=path,
+                field="profiles",
+                hint="push another member first, or delete the profile",
+            )
+        removed = entries.pop()
+        removed_name = _entry_names([removed])[0]
+        data["profiles"] = entries
+        config = self._check_lb(name, data, file=path)
+        return self.write(name, data), removed_name, config
+
+    def _read_lb(self, name: str) -> tuple[Path, dict[str, Any]]:
+        path = self.path_of(name)
+        data = self.read_raw(path)
+        if not (isinstance(data, dict) and is_loadbalancer(data)):
+            raise ConfigError(
+                f"{name!r} is a member profile, not a load balancer",
+                file=path,
+                hint="push and pop edit load-balancer profiles",
+            )
+        profile = parse_profile(data, file=path)  # a broken file is reported, never edited
+        assert isinstance(profile, LoadBalancerProfile)
+        return path, data
+
+    def _check_lb(self, name: str, data: Mapping[str, Any], *, file: Path) -> LoadBalancerConfig:
+        profile = parse_profile(dict(data), file=file)
+        assert isinstance(profile, LoadBalancerProfile)
+        return self.resolve(name, profile, file=file, strict=True)
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except ConfigError:
+        return False
+    return True
+
+
+def _entry_names(entries: list[Any]) -> list[str]:
+    return [e if isinstance(e, str) else str(e.get("name", "?")) for e in entries]
+
+
+def _nesting_error(member: str, *, file: Path | None, field: str) -> ConfigError:
+    return ConfigError(
+        f"member {member!r} is itself a load balancer; load balancers do not nest",
+        file=file,
+        field=field,
+        hint="list that load balancer's members directly instead",
+    )
+
+
+def _unknown_setting_warnings(extra: Mapping[str, Any]) -> list[str]:
+    out = []
+    for key in extra:
+        close = difflib.get_close_matches(key, SETTING_KEYS, n=1, cutoff=0.8)
+        if close:
+            out.append(
+                f"ephemeralSettings.{key}: unknown setting, ignored (did you mean {close[0]!r}?)"
+            )
+    return out

@@ -1,0 +1,355 @@
+"""Profile models (SPEC §2.1, §2.2): the llxprt-compatible JSON format, parsed once.
+
+A profile file is either a *member* (one backend) or a *load balancer*
+(``"type": "loadbalancer"``).  :func:`parse_profile` turns the JSON object into a
+frozen pydantic model or raises :class:`ProfileValidationError` naming the file
+and every bad field path.  :class:`Member` and :class:`LoadBalancerConfig` are the
+resolved, ready-to-route forms the engine sees.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
+
+from lbprovider.errors import ConfigError, ProfileNameError, ProfileValidationError
+from lbprovider.settings import LBSettings
+
+__all__ = [
+    "NAME_PATTERN",
+    "LoadBalancerConfig",
+    "LoadBalancerProfile",
+    "Member",
+    "MemberProfile",
+    "Policy",
+    "check_name",
+    "parse_profile",
+    "redact",
+    "redact_profile",
+    "resolve_key",
+]
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+KEY_FIELDS = ("auth-key",)
+
+
+def check_name(name: str, *, file: Path | None = None, field: str | None = None) -> str:
+    """Return ``name`` if it is a valid profile name, else raise ProfileNameError.
+
+    A name never becomes an arbitrary path: no ``/``, no ``..``, no leading dot.
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ProfileNameError(
+            f"invalid profile name {name!r}",
+            file=file,
+            field=field,
+            hint="use letters, digits, '.', '_' and '-', starting with a letter or digit",
+        )
+    return name
+
+
+def redact(secret: str | SecretStr | None) -> str:
+    """Show a key as at most its last 4 characters (nothing of a short key)."""
+    if secret is None:
+        return ""
+    value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+    if len(value) < 12:
+        return "****"
+    return "****" + value[-4:]
+
+
+class Policy(StrEnum):
+    """How the start member of a request is chosen (SPEC §3.1)."""
+
+    ROUNDROBIN = "roundrobin"
+    FAILOVER = "failover"
+
+
+class MemberSettings(BaseModel):
+    """A member's ``ephemeralSettings``: the keys we use, the rest kept and ignored."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True,
+                              populate_by_name=True)
+
+    base_url: StrictStr | None = Field(default=None, alias="base-url")
+    auth_key: SecretStr | None = Field(default=None, alias="auth-key")
+    auth_keyfile: StrictStr | None = Field(default=None, alias="auth-keyfile")
+    auth_key_env: StrictStr | None = Field(default=None, alias="auth-key-env")
+    context_limit: Annotated[StrictInt, Field(gt=0)] | None = Field(
+        default=None, alias="context-limit"
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"https?://[^\s/]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("auth_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.fullmatch(v):
+            raise ValueError("must be an environment variable name, not a value")
+        return v
+
+    @field_validator("auth_key", mode="before")
+    @classmethod
+    def _key_is_string(cls, v: Any) -> Any:
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise ValueError("must be a non-empty string")
+        return v
+
+
+class _ProfileBase(BaseModel):
+    # Unknown top-level keys (llxprt's "auth", ...) are kept and ignored.
+    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
+
+    version: Annotated[StrictInt, Field(ge=1, le=1)] = 1
+    modelParams: dict[str, Any] = Field(default_factory=dict)  # noqa: N815 (file format)
+
+
+class MemberProfile(_ProfileBase):
+    """One backend: provider + model + base URL + key."""
+
+    provider: Annotated[StrictStr, Field(min_length=1)]
+    model: Annotated[StrictStr, Field(min_length=1)]
+    ephemeralSettings: MemberSettings = Field(default_factory=MemberSettings)  # noqa: N815
+
+    @field_validator("provider", "model")
+    @classmethod
+    def _no_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
+
+
+class InlineMember(MemberProfile):
+    """A member written inside a load-balancer file (it has its own ``name``)."""
+
+    name: StrictStr
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str) -> str:
+        if not NAME_PATTERN.fullmatch(v) or ".." in v:
+            raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]*")
+        return v
+
+
+class LoadBalancerProfile(_ProfileBase):
+    """A load balancer: a policy over member profiles."""
+
+    type: StrictStr
+    policy: Policy
+    # Entries are names or inline objects; each is checked on resolution so that an
+    # error names `profiles[i]` rather than pydantic's union branches.
+    profiles: Annotated[list[Any], Field(min_length=1)]
+    ephemeralSettings: LBSettings = Field(default_factory=LBSettings)  # noqa: N815
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _normalise_policy(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            low = v.strip().lower()
+            return {"round-robin": "roundrobin", "round_robin": "roundrobin"}.get(low, low)
+        return v
+
+    @field_validator("type")
+    @classmethod
+    def _is_lb(cls, v: str) -> str:
+        if v.lower() != "loadbalancer":
+            raise ValueError("must be 'loadbalancer' (or leave it out for a member profile)")
+        return "loadbalancer"
+
+
+Profile = MemberProfile | LoadBalancerProfile
+
+
+def _field_path(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def validation_error(exc: ValidationError, *, file: Path | None, prefix: str = "",
+                     what: str = "") -> ProfileValidationError:
+    """Turn a pydantic error into one that names the file and every field path."""
+    problems = [
+        (_field_path(err["loc"], prefix) or prefix or "(top level)", err["msg"])
+        for err in exc.errors(include_url=False)
+    ]
+    first_field, first_msg = problems[0]
+    if len(problems) == 1:
+        message = first_msg
+    else:
+        rest = "; ".join(f"{f}: {m}" for f, m in problems[1:])
+        message = f"{first_msg}; also {rest}"
+    err = ProfileValidationError(
+        (f"{what}: " if what else "") + message,
+        file=file,
+        field=first_field,
+        hint="fix the value in the file (see docs/profiles.md)",
+    )
+    err.problems = problems  # type: ignore[attr-defined]
+    return err
+
+
+def is_loadbalancer(data: Mapping[str, Any]) -> bool:
+    """True when a raw profile object declares itself a load balancer."""
+    t = data.get("type")
+    return isinstance(t, str) and t.lower() == "loadbalancer"
+
+
+def parse_profile(data: Any, *, file: Path | None = None) -> Profile:
+    """Validate a raw JSON value as a member or load-balancer profile."""
+    if not isinstance(data, dict):
+        raise ProfileValidationError(
+            f"a profile must be a JSON object, not {type(data).__name__}",
+            file=file,
+            field="(top level)",
+            hint="see docs/profiles.md for the format",
+        )
+    model: type[MemberProfile] | type[LoadBalancerProfile] = (
+        LoadBalancerProfile if is_loadbalancer(data) or "profiles" in data else MemberProfile
+    )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, file=file) from None
+
+
+def parse_inline_member(data: Any, *, file: Path | None, field: str) -> InlineMember:
+    """Validate an inline member object found at ``field`` of a load-balancer file."""
+    if isinstance(data, dict) and is_loadbalancer(data):
+        raise ProfileValidationError(
+            "a member may not itself be a load balancer (no nesting)",
+            file=file,
+            field=field,
+            hint="list that load balancer's members directly instead",
+        )
+    try:
+        return InlineMember.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, file=file, prefix=field) from None
+
+
+def resolve_key(
+    member: MemberProfile,
+    *,
+    file: Path | None = None,
+    field_prefix: str = "",
+    env: Mapping[str, str] | None = None,
+) -> SecretStr | None:
+    """Resolve a member's key: ``auth-key``, ``auth-keyfile``, ``auth-key-env``, else None.
+
+    None means "let litellm use its provider default" (e.g. ``OPENAI_API_KEY``).
+    """
+    env = os.environ if env is None else env
+    s = member.ephemeralSettings
+    where = f"{field_prefix}ephemeralSettings"
+    if s.auth_key is not None:
+        return s.auth_key
+    if s.auth_keyfile is not None:
+        path = Path(s.auth_keyfile).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read key file {str(path)!r}: {exc.strerror or exc}",
+                file=file,
+                field=f"{where}.auth-keyfile",
+                hint="create the file, fix the path, or use auth-key-env",
+            ) from None
+        if not text:
+            raise ConfigError(
+                f"key file {str(path)!r} is empty",
+                file=file,
+                field=f"{where}.auth-keyfile",
+                hint="put the key in the file",
+            )
+        return SecretStr(text)
+    if s.auth_key_env is not None:
+        value = env.get(s.auth_key_env, "").strip()
+        if not value:
+            raise ConfigError(
+                f"environment variable {s.auth_key_env} is not set",
+                file=file,
+                field=f"{where}.auth-key-env",
+                hint=f"export {s.auth_key_env}=... or use auth-keyfile",
+            )
+        return SecretStr(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A resolved member: everything one backend call needs."""
+
+    name: str
+    provider: str
+    model: str
+    api_base: str | None
+    api_key: SecretStr | None = field(repr=False)
+    model_params: Mapping[str, Any]
+    context_limit: int | None = None
+    file: Path | None = None
+
+    @property
+    def litellm_model(self) -> str:
+        """The litellm model string ``provider/model``."""
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancerConfig:
+    """A resolved load balancer: its members in order, its settings, what was dropped."""
+
+    name: str
+    policy: Policy
+    members: tuple[Member, ...]
+    settings: LBSettings
+    model_params: Mapping[str, Any]
+    file: Path | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def member_names(self) -> list[str]:
+        """Member names in routing order."""
+        return [m.name for m in self.members]
+
+
+_SECRET_KEY = re.compile(r"(^|[-_])(auth|api)[-_]?key$|apikey$|token$|secret|password", re.I)
+
+
+def redact_profile(data: Any) -> Any:
+    """A copy of a raw profile with every secret-looking string value redacted."""
+    if isinstance(data, dict):
+        return {
+            k: redact(v) if isinstance(v, str) and _SECRET_KEY.search(str(k)) else redact_profile(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [redact_profile(v) for v in data]
+    return data

@@ -1,0 +1,383 @@
+"""Simulated OpenAI-compatible backends on loopback, for tests, the demo and benchmarks.
+
+One :class:`SimServer` is one backend: ``POST /v1/chat/completions`` answering in
+the real OpenAI formats (SSE ``chat.completion.chunk`` events ending in ``[DONE]``,
+a usage chunk when ``stream_options.include_usage`` is set, or one JSON object),
+with an injectable :class:`Behavior`: errors with optional ``Retry-After``, stalls
+before the headers or before the first content chunk, dropped connections, slow
+chunks, seeded flakiness, malformed SSE, tool calls.  It only binds 127.0.0.1.
+
+    async with serve("status=503,retry_after=1") as backend:
+        ...  # backend.url is the api_base; backend.hits counts requests
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import random
+import time
+import typing
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["Behavior", "SimServer", "run_forever", "serve"]
+
+HOST = "127.0.0.1"
+_MAX_RECORDED = 200
+
+
+@dataclass
+class Behavior:
+    """What a simulated backend does with each request (fields combine).
+
+    Written on the command line as comma-separated ``key=value`` pairs, a bare key
+    meaning true: ``status=429,retry_after=2``, ``flaky=0.5,seed=7``, ``malformed``.
+    """
+
+    status: int | None = None  # answer every request with this HTTP status
+    retry_after: float | None = None  # Retry-After header (seconds) on error answers
+    error_code: str | None = None  # OpenAI error "code", e.g. context_length_exceeded
+    error_message: str | None = None
+    stall_headers: float = 0.0  # seconds before the response headers
+    stall_first_chunk: float = 0.0  # seconds after the role chunk, before any content
+    drop_after: int | None = None  # cut the connection after this many content chunks
+    chunk_delay: float = 0.0  # seconds between content chunks
+    flaky: float = 0.0  # probability that a request fails with fail_status
+    seed: int = 0
+    fail_first: int = 0  # the first N requests fail with fail_status
+    fail_status: int = 503
+    malformed: bool = False  # send a broken SSE event after the role chunk
+    chunks: int = 5
+    text: str = "Hello from the simulated backend."
+    prompt_tokens: int = 12
+    completion_tokens: int | None = None  # default: one per content chunk
+    no_usage: bool = False  # never report usage (as some backends do)
+    tool_call: bool = False  # answer with a call to the request's first tool
+    model: str | None = None  # model name reported back (default: the requested one)
+
+    @classmethod
+    def parse(cls, spec: str | Behavior | None) -> Behavior:
+        """Parse ``key=value,flag`` text (``ok`` or empty means the defaults)."""
+        if isinstance(spec, Behavior):
+            return spec
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for item in (spec or "").split(","):
+            item = item.strip()
+            if not item or item == "ok":
+                continue
+            key, sep, raw = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if key not in hints:
+                names = ", ".join(f.name for f in dataclasses.fields(cls))
+                raise ValueError(f"unknown sim behaviour {key!r}; known: {names}")
+            values[key] = _convert(hints[key], raw.strip() if sep else None, key)
+        return cls(**values)
+
+
+def _convert(hint: Any, raw: str | None, key: str) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    target = args[0]
+    if raw is None:
+        if target is bool:
+            return True
+        raise ValueError(f"sim behaviour {key!r} needs a value ({key}=...)")
+    try:
+        if target is bool:
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        return target(raw)
+    except ValueError:
+        raise ValueError(f"sim behaviour {key}={raw!r}: expected {target.__name__}") from None
+
+
+@dataclass
+class _Counters:
+    hits: int = 0  # chat-completion requests received
+    completed: int = 0  # answers sent to the end (success or error)
+    disconnects: int = 0  # the client went away before the answer ended
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    api_keys: list[str] = field(default_factory=list)
+
+
+class SimServer:
+    """One simulated backend on ``127.0.0.1``; an async context manager.
+
+    ``behavior`` may be replaced between requests.  Counters (``hits``,
+    ``disconnects``, ``requests``) let tests observe what reached the backend.
+    """
+
+    def __init__(self, behavior: Behavior | str | None = None, *, port: int = 0) -> None:
+        self.behavior = Behavior.parse(behavior)
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self._rng = random.Random(self.behavior.seed)
+        self._c = _Counters()
+        self._changed = asyncio.Condition()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> SimServer:
+        """Bind 127.0.0.1 and start serving."""
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_post("/chat/completions", self._handle)
+        # Cancel a handler when its client goes away: a stalled backend must notice
+        # that the caller gave up (tests assert the upstream was closed).
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, HOST, self._port, shutdown_timeout=0.5)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        self._port = server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        """Stop serving (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> SimServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- observation ---------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The ``api_base`` to give a client: ``http://127.0.0.1:PORT/v1``."""
+        return f"http://{HOST}:{self._port}/v1"
+
+    @property
+    def hits(self) -> int:
+        """Chat-completion requests received so far."""
+        return self._c.hits
+
+    @property
+    def disconnects(self) -> int:
+        """Requests whose client closed the connection before the answer ended."""
+        return self._c.disconnects
+
+    @property
+    def completed(self) -> int:
+        """Requests answered to the end."""
+        return self._c.completed
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """The JSON bodies received (the last 200)."""
+        return list(self._c.requests)
+
+    @property
+    def api_keys(self) -> list[str]:
+        """The bearer keys received, in order (test keys only ever reach a sim)."""
+        return list(self._c.api_keys)
+
+    def reset_counters(self) -> None:
+        """Zero every counter."""
+        self._c = _Counters()
+
+    async def wait_for(self, predicate: typing.Callable[[SimServer], bool],
+                       timeout: float = 5.0) -> None:
+        """Wait until ``predicate(self)`` holds (checked on every counter change)."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: predicate(self))
+
+    async def _bump(self, counter: str) -> None:
+        setattr(self._c, counter, getattr(self._c, counter) + 1)
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- the endpoint --------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        b = self.behavior
+        await self._bump("hits")
+        number = self._c.hits
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            body = {}
+        self._record(request, body)
+        finished = False
+        try:
+            if b.stall_headers:
+                await asyncio.sleep(b.stall_headers)
+            failing = (
+                b.status if b.status is not None and b.status >= 400
+                else b.fail_status if number <= b.fail_first
+                else b.fail_status if b.flaky and self._rng.random() < b.flaky
+                else None
+            )
+            if failing is not None:
+                resp: web.StreamResponse = self._error(failing, b)
+            elif body.get("stream"):
+                resp = await self._stream(request, body, b)
+            else:
+                resp = web.json_response(self._completion(body, b))
+            finished = True
+            return resp
+        finally:
+            await self._bump("completed" if finished else "disconnects")
+
+    def _record(self, request: web.Request, body: dict[str, Any]) -> None:
+        self._c.requests = [*self._c.requests[-(_MAX_RECORDED - 1):], body]
+        auth = request.headers.get("Authorization", "")
+        key = auth.removeprefix("Bearer ").strip()
+        self._c.api_keys = [*self._c.api_keys[-(_MAX_RECORDED - 1):], key]
+
+    @staticmethod
+    def _error(status: int, b: Behavior) -> web.Response:
+        kind = {
+            400: "invalid_request_error", 401: "invalid_api_key", 403: "permission_denied",
+            404: "not_found_error", 429: "rate_limit_exceeded",
+        }.get(status, "server_error")
+        message = b.error_message or {
+            "context_length_exceeded": "This model's maximum context length is 8192 tokens. "
+            "However, your messages resulted in 9000 tokens.",
+            "content_policy_violation": "Your request was rejected as a result of our "
+            "safety system (content_policy_violation).",
+        }.get(b.error_code or "", f"simulated {status} error")
+        headers = {}
+        if b.retry_after is not None:
+            headers["Retry-After"] = f"{b.retry_after:g}"
+        payload = {"error": {"message": message, "type": kind, "param": None,
+                             "code": b.error_code or kind}}
+        return web.json_response(payload, status=status, headers=headers)
+
+    # -- answers -------------------------------------------------------------------------
+
+    def _usage(self, b: Behavior) -> dict[str, int]:
+        completion = b.completion_tokens if b.completion_tokens is not None else b.chunks
+        return {"prompt_tokens": b.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": b.prompt_tokens + completion}
+
+    @staticmethod
+    def _pieces(b: Behavior) -> list[str]:
+        n = max(1, b.chunks)
+        words = b.text.split(" ")
+        size = max(1, -(-len(words) // n))
+        pieces = [" ".join(words[i:i + size]) for i in range(0, len(words), size)]
+        pieces = [p + (" " if i < len(pieces) - 1 else "") for i, p in enumerate(pieces)]
+        return (pieces + [""] * n)[:n] if len(pieces) < n else pieces
+
+    @staticmethod
+    def _wants_tool(body: dict[str, Any], b: Behavior) -> dict[str, Any] | None:
+        tools = body.get("tools") or []
+        messages = body.get("messages") or []
+        if not (b.tool_call and tools) or (messages and messages[-1].get("role") == "tool"):
+            return None
+        fn = tools[0].get("function", {})
+        return {"name": fn.get("name", "tool"), "arguments": json.dumps({"city": "Paris"})}
+
+    def _completion(self, body: dict[str, Any], b: Behavior) -> dict[str, Any]:
+        tool = self._wants_tool(body, b)
+        message: dict[str, Any] = {"role": "assistant", "content": None if tool else b.text}
+        if tool:
+            message["tool_calls"] = [{"id": "call_sim_1", "type": "function", "function": tool}]
+        out: dict[str, Any] = {
+            "id": "chatcmpl-sim", "object": "chat.completion", "created": int(time.time()),
+            "model": b.model or body.get("model", "sim"),
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": "tool_calls" if tool else "stop"}],
+        }
+        if not b.no_usage:
+            out["usage"] = self._usage(b)
+        return out
+
+    async def _stream(self, request: web.Request, body: dict[str, Any],
+                      b: Behavior) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        model = b.model or body.get("model", "sim")
+        created = int(time.time())
+
+        def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            chunk = {"id": "chatcmpl-sim", "object": "chat.completion.chunk",
+                     "created": created, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        await resp.write(event({"role": "assistant", "content": ""}))
+        if b.stall_first_chunk:
+            await asyncio.sleep(b.stall_first_chunk)
+        if b.malformed:
+            await resp.write(b'data: {"id": "chatcmpl-sim", "choices": [{"delta": {"content\n\n')
+        tool = self._wants_tool(body, b)
+        if tool:
+            args = tool["arguments"]
+            head = {"index": 0, "id": "call_sim_1", "type": "function",
+                    "function": {"name": tool["name"], "arguments": ""}}
+            parts = [{"tool_calls": [head]}] + [
+                {"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 8]}}]}
+                for i in range(0, len(args), 8)
+            ]
+        else:
+            parts = [{"content": p} for p in self._pieces(b)]
+        for i, delta in enumerate(parts):
+            if b.drop_after is not None and i >= b.drop_after:
+                return self._drop(request, resp)
+            if i and b.chunk_delay:
+                await asyncio.sleep(b.chunk_delay)
+            await resp.write(event(delta))
+        await resp.write(event({}, "tool_calls" if tool else "stop"))
+        if (body.get("stream_options") or {}).get("include_usage") and not b.no_usage:
+            usage = {"id": "chatcmpl-sim", "object": "chat.completion.chunk",
+                     "created": created, "model": model, "choices": [],
+                     "usage": self._usage(b)}
+            await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    @staticmethod
+    def _drop(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+        # Abort without the chunked terminator: the client sees a truncated body,
+        # as when a provider's connection dies mid-answer.
+        if request.transport is not None:
+            request.transport.abort()
+        resp.force_close()
+        return resp
+
+
+@contextlib.asynccontextmanager
+async def serve(behavior: Behavior | str | None = None, *, port: int = 0
+                ) -> AsyncIterator[SimServer]:
+    """Run one simulated backend for the duration of the block."""
+    server = SimServer(behavior, port=port)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def run_forever(behavior: Behavior, *, port: int = 0, duration: float | None = None) -> None:
+    """Serve until Ctrl-C (or ``duration`` seconds); prints the base URL."""
+
+    async def main() -> None:
+        async with serve(behavior, port=port) as server:
+            print(f"sim backend on {server.url} ({behavior})", flush=True)
+            stop = asyncio.Event()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=duration)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
