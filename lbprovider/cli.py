@@ -127,7 +127,8 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(
-                f"--set {item!r} is not KEY=VALUE", field="--set",
+                f"--set {item!r} is not KEY=VALUE",
+                field="--set",
                 hint="for example --set timeout_ms=8000",
             )
         try:
@@ -142,17 +143,35 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
 @click.argument("name")
 @click.argument("members", nargs=-1, required=True)
 @click.option("--policy", "-P", required=True, help="roundrobin or failover")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="a load-balancer setting (JSON value), repeatable")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              help="write here instead of <home>/profiles")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="a load-balancer setting (JSON value), repeatable",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="write here instead of <home>/profiles",
+)
 @click.pass_context
-def profiles_save_lb(ctx: click.Context, name: str, members: tuple[str, ...], policy: str,
-                     settings: tuple[str, ...], directory: Path | None) -> None:
+def profiles_save_lb(
+    ctx: click.Context,
+    name: str,
+    members: tuple[str, ...],
+    policy: str,
+    settings: tuple[str, ...],
+    directory: Path | None,
+) -> None:
     """Create or replace load balancer NAME over MEMBERS."""
     store = _store(ctx)
     path, config = store.save_loadbalancer(
-        name, policy=policy, members=list(members), settings=_parse_set(settings),
+        name,
+        policy=policy,
+        members=list(members),
+        settings=_parse_set(settings),
         directory=directory,
     )
     _warn(config.warnings)
@@ -181,13 +200,28 @@ def profiles_pop(ctx: click.Context, name: str) -> None:
 
 
 @cli.command("sim")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
-              help="port on 127.0.0.1 (0 picks a free one)")
-@click.option("--behavior", "behavior", default="ok", show_default=True,
-              help="e.g. ok, status=503, status=429,retry_after=2, stall_first_chunk=10, "
-                   "drop_after=3, flaky=0.5,seed=1, fail_first=2, malformed")
-@click.option("--for", "duration", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="stop after this many seconds (default: until Ctrl-C)")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="port on 127.0.0.1 (0 picks a free one)",
+)
+@click.option(
+    "--behavior",
+    "behavior",
+    default="ok",
+    show_default=True,
+    help="e.g. ok, status=503, status=429,retry_after=2, stall_first_chunk=10, "
+    "drop_after=3, flaky=0.5,seed=1, fail_first=2, malformed",
+)
+@click.option(
+    "--for",
+    "duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="stop after this many seconds (default: until Ctrl-C)",
+)
 def sim_command(port: int, behavior: str, duration: float | None) -> None:
     """Run a simulated OpenAI-compatible backend on 127.0.0.1."""
     from lbprovider import sim

@@ -86,8 +86,9 @@ class ProfileNameError(ConfigError):
 class ProfileNotFoundError(ConfigError):
     """No profile with that name in any directory of the search path."""
 
-    def __init__(self, name: str, searched: list[Path], *, file: Path | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, name: str, searched: list[Path], *, file: Path | None = None, field: str | None = None
+    ) -> None:
         self.name = name
         self.searched = list(searched)
         dirs = ", ".join(str(d) for d in searched) or "(no directories)"
@@ -102,8 +103,9 @@ class ProfileNotFoundError(ConfigError):
 class ProfileFormatError(ConfigError):
     """A profile file that is not valid JSON (truncated, hand-edited)."""
 
-    def __init__(self, message: str, *, file: Path, line: int | None = None,
-                 column: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, file: Path, line: int | None = None, column: int | None = None
+    ) -> None:
         self.line = line
         self.column = column
         pos = f" at line {line} column {column}" if line is not None else ""

@@ -155,7 +155,9 @@ class ProfileStore:
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ProfileFormatError(exc.msg, file=path, line=exc.lineno, column=exc.colno) from None
+            raise ProfileFormatError(
+                exc.msg, file=path, line=exc.lineno, column=exc.colno
+            ) from None
 
     def load(self, name: str) -> tuple[Path, MemberProfile | LoadBalancerProfile]:
         """Find and parse profile ``name`` (member or load balancer)."""
@@ -292,7 +294,9 @@ class ProfileStore:
             profile = parse_profile(self.read_raw(path), file=path)
             if isinstance(profile, LoadBalancerProfile):
                 config = self.resolve(name, profile, file=path)
-                result.kind = f"loadbalancer ({config.policy.value}: {', '.join(config.member_names)})"
+                result.kind = (
+                    f"loadbalancer ({config.policy.value}: {', '.join(config.member_names)})"
+                )
                 result.warnings.extend(config.warnings)
                 result.warnings.extend(
                     _unknown_setting_warnings(profile.ephemeralSettings.extra_keys)
@@ -366,8 +370,7 @@ class ProfileStore:
         names = _entry_names(data["profiles"])
         if member in names:
             raise ConfigError(
-                f"{member!r} is already a member of {name!r} "
-                f"(profiles[{names.index(member)}])",
+                f"{member!r} is already a member of {name!r} (profiles[{names.index(member)}])",
                 file=path,
                 field="profiles",
                 hint="nothing to do; use 'profiles pop' to remove the last member",

@@ -85,8 +85,9 @@ class Policy(StrEnum):
 class MemberSettings(BaseModel):
     """A member's ``ephemeralSettings``: the keys we use, the rest kept and ignored."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True,
-                              populate_by_name=True)
+    model_config = ConfigDict(
+        extra="allow", frozen=True, hide_input_in_errors=True, populate_by_name=True
+    )
 
     base_url: StrictStr | None = Field(default=None, alias="base-url")
     auth_key: SecretStr | None = Field(default=None, alias="auth-key")
@@ -123,7 +124,7 @@ class _ProfileBase(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
 
     version: Annotated[StrictInt, Field(ge=1, le=1)] = 1
-    modelParams: dict[str, Any] = Field(default_factory=dict)  # noqa: N815 (file format)
+    modelParams: dict[str, Any] = Field(default_factory=dict)
 
 
 class MemberProfile(_ProfileBase):
@@ -131,7 +132,7 @@ class MemberProfile(_ProfileBase):
 
     provider: Annotated[StrictStr, Field(min_length=1)]
     model: Annotated[StrictStr, Field(min_length=1)]
-    ephemeralSettings: MemberSettings = Field(default_factory=MemberSettings)  # noqa: N815
+    ephemeralSettings: MemberSettings = Field(default_factory=MemberSettings)
 
     @field_validator("provider", "model")
     @classmethod
@@ -162,7 +163,7 @@ class LoadBalancerProfile(_ProfileBase):
     # Entries are names or inline objects; each is checked on resolution so that an
     # error names `profiles[i]` rather than pydantic's union branches.
     profiles: Annotated[list[Any], Field(min_length=1)]
-    ephemeralSettings: LBSettings = Field(default_factory=LBSettings)  # noqa: N815
+    ephemeralSettings: LBSettings = Field(default_factory=LBSettings)
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -193,8 +194,9 @@ def _field_path(loc: tuple[int | str, ...], prefix: str = "") -> str:
     return out
 
 
-def validation_error(exc: ValidationError, *, file: Path | None, prefix: str = "",
-                     what: str = "") -> ProfileValidationError:
+def validation_error(
+    exc: ValidationError, *, file: Path | None, prefix: str = "", what: str = ""
+) -> ProfileValidationError:
     """Turn a pydantic error into one that names the file and every field path."""
     problems = [
         (_field_path(err["loc"], prefix) or prefix or "(top level)", err["msg"])

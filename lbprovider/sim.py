@@ -131,9 +131,11 @@ class SimServer:
         app.router.add_post("/chat/completions", self._handle)
         # Cancel a handler when its client goes away: a stalled backend must notice
         # that the caller gave up (tests assert the upstream was closed).
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, HOST, self._port, shutdown_timeout=0.5)
+        site = web.TCPSite(self._runner, HOST, self._port)
         await site.start()
         server = site._server
         assert isinstance(server, asyncio.base_events.Server)
@@ -193,10 +195,13 @@ class SimServer:
         """Zero every counter."""
         self._c = _Counters()
 
-    async def wait_for(self, predicate: typing.Callable[[SimServer], bool],
-                       timeout: float = 5.0) -> None:
-        """Wait until ``predicate(self)`` holds (checked on every counter change)."""
-        async with asyncio.timeout(timeout), self._changed:
+    async def wait_for(self, predicate: typing.Callable[[SimServer], bool]) -> None:
+        """Wait until ``predicate(self)`` holds (checked on every counter change).
+
+        Bounded at 10 s so a test that waits for something that never happens fails
+        instead of hanging.
+        """
+        async with asyncio.timeout(10), self._changed:
             await self._changed.wait_for(lambda: predicate(self))
 
     async def _bump(self, counter: str) -> None:
@@ -220,9 +225,12 @@ class SimServer:
             if b.stall_headers:
                 await asyncio.sleep(b.stall_headers)
             failing = (
-                b.status if b.status is not None and b.status >= 400
-                else b.fail_status if number <= b.fail_first
-                else b.fail_status if b.flaky and self._rng.random() < b.flaky
+                b.status
+                if b.status is not None and b.status >= 400
+                else b.fail_status
+                if number <= b.fail_first
+                else b.fail_status
+                if b.flaky and self._rng.random() < b.flaky
                 else None
             )
             if failing is not None:
@@ -237,16 +245,19 @@ class SimServer:
             await self._bump("completed" if finished else "disconnects")
 
     def _record(self, request: web.Request, body: dict[str, Any]) -> None:
-        self._c.requests = [*self._c.requests[-(_MAX_RECORDED - 1):], body]
+        self._c.requests = [*self._c.requests[-(_MAX_RECORDED - 1) :], body]
         auth = request.headers.get("Authorization", "")
         key = auth.removeprefix("Bearer ").strip()
-        self._c.api_keys = [*self._c.api_keys[-(_MAX_RECORDED - 1):], key]
+        self._c.api_keys = [*self._c.api_keys[-(_MAX_RECORDED - 1) :], key]
 
     @staticmethod
     def _error(status: int, b: Behavior) -> web.Response:
         kind = {
-            400: "invalid_request_error", 401: "invalid_api_key", 403: "permission_denied",
-            404: "not_found_error", 429: "rate_limit_exceeded",
+            400: "invalid_request_error",
+            401: "invalid_api_key",
+            403: "permission_denied",
+            404: "not_found_error",
+            429: "rate_limit_exceeded",
         }.get(status, "server_error")
         message = b.error_message or {
             "context_length_exceeded": "This model's maximum context length is 8192 tokens. "
@@ -257,25 +268,28 @@ class SimServer:
         headers = {}
         if b.retry_after is not None:
             headers["Retry-After"] = f"{b.retry_after:g}"
-        payload = {"error": {"message": message, "type": kind, "param": None,
-                             "code": b.error_code or kind}}
+        payload = {
+            "error": {"message": message, "type": kind, "param": None, "code": b.error_code or kind}
+        }
         return web.json_response(payload, status=status, headers=headers)
 
     # -- answers -------------------------------------------------------------------------
 
     def _usage(self, b: Behavior) -> dict[str, int]:
         completion = b.completion_tokens if b.completion_tokens is not None else b.chunks
-        return {"prompt_tokens": b.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": b.prompt_tokens + completion}
+        return {
+            "prompt_tokens": b.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": b.prompt_tokens + completion,
+        }
 
     @staticmethod
     def _pieces(b: Behavior) -> list[str]:
-        n = max(1, b.chunks)
-        words = b.text.split(" ")
-        size = max(1, -(-len(words) // n))
-        pieces = [" ".join(words[i:i + size]) for i in range(0, len(words), size)]
-        pieces = [p + (" " if i < len(pieces) - 1 else "") for i, p in enumerate(pieces)]
-        return (pieces + [""] * n)[:n] if len(pieces) < n else pieces
+        # Near-equal character slices, so `chunks` content deltas arrive (at most one
+        # per character of the text).
+        n = max(1, min(b.chunks, len(b.text)))
+        bounds = [round(i * len(b.text) / n) for i in range(n + 1)]
+        return [b.text[bounds[i] : bounds[i + 1]] for i in range(n)]
 
     @staticmethod
     def _wants_tool(body: dict[str, Any], b: Behavior) -> dict[str, Any] | None:
@@ -292,27 +306,36 @@ class SimServer:
         if tool:
             message["tool_calls"] = [{"id": "call_sim_1", "type": "function", "function": tool}]
         out: dict[str, Any] = {
-            "id": "chatcmpl-sim", "object": "chat.completion", "created": int(time.time()),
+            "id": "chatcmpl-sim",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": b.model or body.get("model", "sim"),
-            "choices": [{"index": 0, "message": message,
-                         "finish_reason": "tool_calls" if tool else "stop"}],
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": "tool_calls" if tool else "stop"}
+            ],
         }
         if not b.no_usage:
             out["usage"] = self._usage(b)
         return out
 
-    async def _stream(self, request: web.Request, body: dict[str, Any],
-                      b: Behavior) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], b: Behavior
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
         model = b.model or body.get("model", "sim")
         created = int(time.time())
 
         def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            chunk = {"id": "chatcmpl-sim", "object": "chat.completion.chunk",
-                     "created": created, "model": model,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            chunk = {
+                "id": "chatcmpl-sim",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
         await resp.write(event({"role": "assistant", "content": ""}))
@@ -321,12 +344,17 @@ class SimServer:
         if b.malformed:
             await resp.write(b'data: {"id": "chatcmpl-sim", "choices": [{"delta": {"content\n\n')
         tool = self._wants_tool(body, b)
+        parts: list[dict[str, Any]]
         if tool:
             args = tool["arguments"]
-            head = {"index": 0, "id": "call_sim_1", "type": "function",
-                    "function": {"name": tool["name"], "arguments": ""}}
+            head = {
+                "index": 0,
+                "id": "call_sim_1",
+                "type": "function",
+                "function": {"name": tool["name"], "arguments": ""},
+            }
             parts = [{"tool_calls": [head]}] + [
-                {"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 8]}}]}
+                {"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 8]}}]}
                 for i in range(0, len(args), 8)
             ]
         else:
@@ -339,9 +367,14 @@ class SimServer:
             await resp.write(event(delta))
         await resp.write(event({}, "tool_calls" if tool else "stop"))
         if (body.get("stream_options") or {}).get("include_usage") and not b.no_usage:
-            usage = {"id": "chatcmpl-sim", "object": "chat.completion.chunk",
-                     "created": created, "model": model, "choices": [],
-                     "usage": self._usage(b)}
+            usage: dict[str, Any] = {
+                "id": "chatcmpl-sim",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": self._usage(b),
+            }
             await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
@@ -358,8 +391,9 @@ class SimServer:
 
 
 @contextlib.asynccontextmanager
-async def serve(behavior: Behavior | str | None = None, *, port: int = 0
-                ) -> AsyncIterator[SimServer]:
+async def serve(
+    behavior: Behavior | str | None = None, *, port: int = 0
+) -> AsyncIterator[SimServer]:
     """Run one simulated backend for the duration of the block."""
     server = SimServer(behavior, port=port)
     await server.start()

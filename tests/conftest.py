@@ -54,18 +54,33 @@ def write_profile(profiles_dir: Path) -> WriteProfile:
     return write
 
 
-def member(base_url: str = "http://127.0.0.1:9/v1", model: str = "sim-model",
-           key: str | None = SIM_KEY, **settings: Any) -> dict[str, Any]:
+def member(
+    base_url: str = "http://127.0.0.1:9/v1",
+    model: str = "sim-model",
+    key: str | None = SIM_KEY,
+    **settings: Any,
+) -> dict[str, Any]:
     """A member profile object."""
     eph: dict[str, Any] = {"base-url": base_url}
     if key is not None:
         eph["auth-key"] = key
     eph.update(settings)
-    return {"version": 1, "provider": "openai", "model": model, "modelParams": {},
-            "ephemeralSettings": eph}
+    return {
+        "version": 1,
+        "provider": "openai",
+        "model": model,
+        "modelParams": {},
+        "ephemeralSettings": eph,
+    }
 
 
 def lb(members: list[Any], policy: str = "failover", **settings: Any) -> dict[str, Any]:
     """A load-balancer profile object."""
-    return {"version": 1, "type": "loadbalancer", "policy": policy, "profiles": members,
-            "modelParams": {}, "ephemeralSettings": settings}
+    return {
+        "version": 1,
+        "type": "loadbalancer",
+        "policy": policy,
+        "profiles": members,
+        "modelParams": {},
+        "ephemeralSettings": settings,
+    }

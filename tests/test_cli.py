@@ -79,8 +79,7 @@ def test_validate_all_ok(three: None) -> None:
     """validate with no name checks every profile."""
     code, out, _ = run("profiles", "validate")
     assert code == 0
-    assert sorted(line.split()[1].rstrip(":") for line in out.splitlines()) == [
-        "a", "b", "c", "fo"]
+    assert sorted(line.split()[1].rstrip(":") for line in out.splitlines()) == ["a", "b", "c", "fo"]
 
 
 def test_validate_reports_every_problem(three: None, write_profile: WriteProfile) -> None:
@@ -115,8 +114,20 @@ def test_validate_warns_missing_member(three: None, write_profile: WriteProfile)
 
 def test_save_lb(three: None, profiles_dir: Path) -> None:
     """save-lb writes a valid LB with the given settings, mode 0600."""
-    code, out, _ = run("profiles", "save-lb", "rr", "--policy", "Round-Robin", "a", "b", "c",
-                       "--set", "timeout_ms=8000", "--set", "circuit_breaker_enabled=true")
+    code, out, _ = run(
+        "profiles",
+        "save-lb",
+        "rr",
+        "--policy",
+        "Round-Robin",
+        "a",
+        "b",
+        "c",
+        "--set",
+        "timeout_ms=8000",
+        "--set",
+        "circuit_breaker_enabled=true",
+    )
     assert code == 0, out
     path = profiles_dir / "rr.json"
     data = json.loads(path.read_text())
@@ -169,11 +180,15 @@ def test_push(three: None, profiles_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     ("member_name", "message"),
-    [("a", "already a member"), ("ghost", "'ghost' not found"),
-     ("fo2", "is itself a load balancer")],
+    [
+        ("a", "already a member"),
+        ("ghost", "'ghost' not found"),
+        ("fo2", "is itself a load balancer"),
+    ],
 )
-def test_push_refusals(three: None, write_profile: WriteProfile, profiles_dir: Path,
-                       member_name: str, message: str) -> None:
+def test_push_refusals(
+    three: None, write_profile: WriteProfile, profiles_dir: Path, member_name: str, message: str
+) -> None:
     """push says which rule refused the member; the file is unchanged."""
     write_profile("fo2", lb(["b", "c"]))
     before = (profiles_dir / "fo.json").read_text()
@@ -221,6 +236,17 @@ def test_cli_does_not_import_litellm(code_line: str) -> None:
         " file=sys.stderr))\n"
         f"{code_line}\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.stderr.strip().endswith("CLEAN"), result.stderr
+
+
+def test_example_profiles_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example profiles shipped in profiles/ pass `profiles validate`."""
+    examples = Path(__file__).resolve().parent.parent / "profiles"
+    monkeypatch.setenv("LBPROVIDER_PROFILES_PATH", str(examples))
+    code, out, err = run("profiles", "validate")
+    assert code == 0, err
+    assert "ok     coding-failover: loadbalancer (failover: primary, backup, local)" in out
+    assert "ok     coding-rr: loadbalancer (roundrobin: primary, backup)" in out

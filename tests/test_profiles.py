@@ -39,8 +39,9 @@ def test_home_default_is_user_config_dir(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert home_dir() == tmp_path / ".config" / "lbprovider"
 
 
-def test_search_order(tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch,
-                      write_profile: WriteProfile) -> None:
+def test_search_order(
+    tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch, write_profile: WriteProfile
+) -> None:
     """Env path dirs, then the nearest project dir walking up, then home; first hit wins."""
     env1, env2 = tmp_path / "e1", tmp_path / "e2"
     project = tmp_path / "proj"
@@ -118,8 +119,9 @@ def test_atomic_write_mode_0600(profiles_dir: Path, write_profile: WriteProfile)
     assert sorted(p.name for p in profiles_dir.iterdir()) == ["a.json", "b.json", "both.json"]
 
 
-def test_failed_write_leaves_old_file(write_profile: WriteProfile, profiles_dir: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_leaves_old_file(
+    write_profile: WriteProfile, profiles_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A crash in the middle of a write keeps the previous file whole and no temp file."""
     write_profile("a", member())
     write_profile("b", member())
@@ -135,7 +137,11 @@ def test_failed_write_leaves_old_file(write_profile: WriteProfile, profiles_dir:
         ProfileStore().push("pair", "c")
     assert path.read_text() == before
     assert sorted(p.name for p in profiles_dir.iterdir()) == [
-        "a.json", "b.json", "c.json", "pair.json"]
+        "a.json",
+        "b.json",
+        "c.json",
+        "pair.json",
+    ]
 
 
 # -- member profiles ---------------------------------------------------------------------------
@@ -159,22 +165,28 @@ def test_member_resolution(write_profile: WriteProfile) -> None:
     assert SIM_KEY not in repr(first)
 
 
-def test_key_resolution_order(write_profile: WriteProfile, tmp_path: Path,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_resolution_order(
+    write_profile: WriteProfile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """auth-key, then auth-keyfile (~ expanded, stripped), then auth-key-env, else None."""
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / ".keys").mkdir()
     (tmp_path / ".keys" / "k").write_text("  sk-from-file-aaaa\n")
     monkeypatch.setenv("MY_KEY", "sk-from-env-bbbb")
-    write_profile("all", member(key="sk-inline-cccc", **{"auth-keyfile": "~/.keys/k",
-                                                         "auth-key-env": "MY_KEY"}))
-    write_profile("file_env", member(key=None, **{"auth-keyfile": "~/.keys/k",
-                                                  "auth-key-env": "MY_KEY"}))
+    write_profile(
+        "all",
+        member(key="sk-inline-cccc", **{"auth-keyfile": "~/.keys/k", "auth-key-env": "MY_KEY"}),
+    )
+    write_profile(
+        "file_env", member(key=None, **{"auth-keyfile": "~/.keys/k", "auth-key-env": "MY_KEY"})
+    )
     write_profile("env", member(key=None, **{"auth-key-env": "MY_KEY"}))
     write_profile("none", member(key=None))
     write_profile("lbx", lb(["all", "file_env", "env", "none"]))
-    keys = [m.api_key.get_secret_value() if m.api_key else None
-            for m in ProfileStore().load_loadbalancer("lbx").members]
+    keys = [
+        m.api_key.get_secret_value() if m.api_key else None
+        for m in ProfileStore().load_loadbalancer("lbx").members
+    ]
     assert keys == ["sk-inline-cccc", "sk-from-file-aaaa", "sk-from-env-bbbb", None]
 
 
@@ -205,7 +217,9 @@ def test_unknown_member_settings_kept(write_profile: WriteProfile) -> None:
     write_profile("m", member(**{"shell-replacement": True, "streaming": "disabled"}))
     _, profile = ProfileStore().load("m")
     assert profile.ephemeralSettings.model_extra == {  # type: ignore[union-attr]
-        "shell-replacement": True, "streaming": "disabled"}
+        "shell-replacement": True,
+        "streaming": "disabled",
+    }
 
 
 @pytest.mark.parametrize(
@@ -218,8 +232,9 @@ def test_unknown_member_settings_kept(write_profile: WriteProfile) -> None:
         ({"auth-key": ""}, "ephemeralSettings.auth-key"),
     ],
 )
-def test_known_member_key_bad_value(write_profile: WriteProfile, settings: dict[str, object],
-                                    field: str) -> None:
+def test_known_member_key_bad_value(
+    write_profile: WriteProfile, settings: dict[str, object], field: str
+) -> None:
     """A known key with a bad value names the file and the key."""
     path = write_profile("m", member(**settings))
     with pytest.raises(ProfileValidationError) as info:
@@ -242,9 +257,13 @@ def test_member_requires_provider_and_model(write_profile: WriteProfile) -> None
 
 @pytest.mark.parametrize(
     ("policy", "expected"),
-    [("failover", Policy.FAILOVER), ("FailOver", Policy.FAILOVER),
-     ("roundrobin", Policy.ROUNDROBIN), ("round-robin", Policy.ROUNDROBIN),
-     ("RoundRobin", Policy.ROUNDROBIN)],
+    [
+        ("failover", Policy.FAILOVER),
+        ("FailOver", Policy.FAILOVER),
+        ("roundrobin", Policy.ROUNDROBIN),
+        ("round-robin", Policy.ROUNDROBIN),
+        ("RoundRobin", Policy.ROUNDROBIN),
+    ],
 )
 def test_policy_spellings(write_profile: WriteProfile, policy: str, expected: Policy) -> None:
     """Policies are case-insensitive and accept round-robin."""
@@ -265,8 +284,9 @@ def test_bad_policy(write_profile: WriteProfile) -> None:
 
 def test_inline_members(write_profile: WriteProfile) -> None:
     """A self-contained file: members written inline with a name."""
-    write_profile("solo", lb([{"name": "one", **member(model="m1")},
-                              {"name": "two", **member(model="m2")}]))
+    write_profile(
+        "solo", lb([{"name": "one", **member(model="m1")}, {"name": "two", **member(model="m2")}])
+    )
     config = ProfileStore().load_loadbalancer("solo")
     assert config.member_names == ["one", "two"]
     assert config.members[1].litellm_model == "openai/m2"
@@ -390,12 +410,20 @@ def test_settings_defaults(write_profile: WriteProfile) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("failover_retry_count", 0), ("failover_retry_count", 101),
-     ("failover_retry_count", "2"), ("failover_retry_delay_ms", -1),
-     ("failover_on_network_errors", "yes"), ("failover_status_codes", [429, 700]),
-     ("timeout_ms", -5), ("tpm_threshold", -1), ("circuit_breaker_enabled", 1),
-     ("circuit_breaker_failure_threshold", 0), ("circuit_breaker_failure_window_ms", 0),
-     ("circuit_breaker_recovery_timeout_ms", 0)],
+    [
+        ("failover_retry_count", 0),
+        ("failover_retry_count", 101),
+        ("failover_retry_count", "2"),
+        ("failover_retry_delay_ms", -1),
+        ("failover_on_network_errors", "yes"),
+        ("failover_status_codes", [429, 700]),
+        ("timeout_ms", -5),
+        ("tpm_threshold", -1),
+        ("circuit_breaker_enabled", 1),
+        ("circuit_breaker_failure_threshold", 0),
+        ("circuit_breaker_failure_window_ms", 0),
+        ("circuit_breaker_recovery_timeout_ms", 0),
+    ],
 )
 def test_settings_bounds(write_profile: WriteProfile, key: str, value: object) -> None:
     """A setting out of bounds names the file and ephemeralSettings.KEY."""
@@ -413,8 +441,17 @@ def test_settings_accepted_edges(write_profile: WriteProfile) -> None:
     """Edge values inside the bounds are accepted; 0 turns timeout and TPM off."""
     write_profile("a", member())
     write_profile("b", member())
-    write_profile("x", lb(["a", "b"], failover_retry_count=100, timeout_ms=0, tpm_threshold=0,
-                          failover_status_codes=[429, 503], lb_custom_thing=1))
+    write_profile(
+        "x",
+        lb(
+            ["a", "b"],
+            failover_retry_count=100,
+            timeout_ms=0,
+            tpm_threshold=0,
+            failover_status_codes=[429, 503],
+            lb_custom_thing=1,
+        ),
+    )
     s = ProfileStore().load_loadbalancer("x").settings
     assert s.failover_retry_count == 100
     assert s.first_chunk_timeout_s is None
@@ -426,8 +463,14 @@ def test_recovery_cap_below_start(write_profile: WriteProfile) -> None:
     """The max recovery time may not be below the first recovery time."""
     write_profile("a", member())
     write_profile("b", member())
-    write_profile("x", lb(["a", "b"], circuit_breaker_recovery_timeout_ms=5000,
-                          circuit_breaker_max_recovery_timeout_ms=1000))
+    write_profile(
+        "x",
+        lb(
+            ["a", "b"],
+            circuit_breaker_recovery_timeout_ms=5000,
+            circuit_breaker_max_recovery_timeout_ms=1000,
+        ),
+    )
     with pytest.raises(ProfileValidationError, match="max_recovery"):
         ProfileStore().load_loadbalancer("x")
 
@@ -462,8 +505,10 @@ def test_validate_warns_on_near_miss_setting(write_profile: WriteProfile) -> Non
 def test_push_pop_keep_unknown_keys_and_secrets(write_profile: WriteProfile) -> None:
     """Edits work on the raw file: unknown keys and inline keys survive untouched."""
     write_profile("c", member())
-    data = lb([{"name": "one", **member(key="sk-inline-secret-9999")}, {"name": "two", **member()}],
-              custom_setting="kept")
+    data = lb(
+        [{"name": "one", **member(key="sk-inline-secret-9999")}, {"name": "two", **member()}],
+        custom_setting="kept",
+    )
     data["llxprtExtra"] = {"x": 1}
     path = write_profile("x", data)
     store = ProfileStore()
@@ -481,9 +526,16 @@ def test_redaction() -> None:
     """Keys show at most their last 4 characters; short keys show nothing."""
     assert redact("sk-abcdefghijkl1234") == "****1234"
     assert redact("short") == "****"
-    out = redact_profile({"ephemeralSettings": {"auth-key": "sk-abcdefghijkl1234",
-                                                "auth-keyfile": "~/k", "api_key": "sk-zzzzzzzzzzzz9876"},
-                          "profiles": [{"ephemeralSettings": {"auth-key": "sk-qqqqqqqqqqqq5555"}}]})
+    out = redact_profile(
+        {
+            "ephemeralSettings": {
+                "auth-key": "sk-abcdefghijkl1234",
+                "auth-keyfile": "~/k",
+                "api_key": "sk-zzzzzzzzzzzz9876",
+            },
+            "profiles": [{"ephemeralSettings": {"auth-key": "sk-qqqqqqqqqqqq5555"}}],
+        }
+    )
     text = json.dumps(out)
     assert "abcdefghijkl" not in text and "zzzzzzzz" not in text and "qqqqqqqq" not in text
     assert out["ephemeralSettings"]["auth-keyfile"] == "~/k"
