@@ -199,6 +199,55 @@ def profiles_pop(ctx: click.Context, name: str) -> None:
     click.echo(f"removed {removed}; {name}: {', '.join(config.member_names)} ({path})")
 
 
+@cli.command("chat")
+@click.option("-p", "--profile", "profile", required=True, help="load-balancer profile name")
+@click.argument("prompt", required=False)
+@click.option("-s", "--system", help="a system prompt")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="print one JSON object {text, backend, model, failover, attempts, usage}",
+)
+@click.option("-v", "--verbose", is_flag=True, help="log attempts, failovers and breakers")
+def chat_command(
+    profile: str, prompt: str | None, system: str | None, as_json: bool, verbose: bool
+) -> None:
+    """Send PROMPT (or stdin) through load balancer PROFILE and stream the answer."""
+    import asyncio
+    import logging
+
+    from lbprovider.provider import LoadBalancingProvider
+
+    text = prompt if prompt is not None else sys.stdin.read()
+    if not text.strip():
+        raise ConfigError(
+            "empty prompt",
+            field="PROMPT",
+            hint="pass the prompt as an argument or on standard input",
+        )
+    provider = LoadBalancingProvider.from_profile(profile)
+    _warn(provider.config.warnings)
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": text}
+    ]
+
+    async def run() -> None:
+        if as_json:
+            result = await provider.complete(messages)
+            click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+            return
+        async for chunk in provider.stream(messages):
+            if chunk.text:
+                click.echo(chunk.text, nl=False)
+                sys.stdout.flush()
+        click.echo()
+
+    asyncio.run(run())
+
+
 @cli.command("sim")
 @click.option(
     "--port",

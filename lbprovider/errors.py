@@ -8,8 +8,11 @@
     │   ├── ProfileNotFoundError     no file with that name on the search path
     │   ├── ProfileFormatError       unreadable or truncated JSON (names line and column)
     │   └── ProfileValidationError   a field with a bad value (names the field path)
-    └── BackendError                 one member failed one attempt (.member, .status)
-        (more request-time errors join here with the routing engine)
+    ├── BackendError                 one member failed one attempt (.member, .status, .kind)
+    │   ├── FirstChunkTimeoutError   no content chunk within timeout_ms (retryable)
+    │   └── StreamInterruptedError   failed after text reached the caller (never replayed)
+    └── NoBackendAvailableError      every member failed or was skipped (.failures)
+        └── RequestRejectedError     every member rejected the request itself (400-like)
 
 Every error carries structured fields as well as a readable message, so hosts can
 map them (to ``llm.ModelError``, to litellm's exception classes) without parsing
@@ -18,16 +21,25 @@ text.  Messages never contain a key: callers pass redacted values only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 __all__ = [
     "BackendError",
     "ConfigError",
+    "FailureKind",
+    "FirstChunkTimeoutError",
     "LBError",
+    "MemberFailure",
+    "NoBackendAvailableError",
     "ProfileFormatError",
     "ProfileNameError",
     "ProfileNotFoundError",
     "ProfileValidationError",
+    "RequestRejectedError",
+    "StreamInterruptedError",
 ]
 
 
@@ -120,11 +132,21 @@ class ProfileValidationError(ConfigError):
     """A field of a profile holds a value we cannot use."""
 
 
+class FailureKind(StrEnum):
+    """What a failed attempt means for routing (SPEC §3.2)."""
+
+    RETRYABLE = "retryable"  # retry on the same member, then move on; counts for the breaker
+    IMMEDIATE = "immediate"  # 401/402/403 and the like: move on at once; counts for the breaker
+    REQUEST = "request"  # the request itself is bad (400, 404, 413, 422, context, policy)
+
+
 class BackendError(LBError):
     """One member failed one attempt.
 
     ``member`` is the member profile's name, ``status`` the HTTP status when there
-    was one, ``retry_after`` the backend's ``Retry-After`` in seconds when given.
+    was one, ``kind`` what the failure means for routing, ``retry_after`` the
+    backend's ``Retry-After`` in seconds when given.  ``retryable`` is true for
+    :attr:`FailureKind.RETRYABLE`.
     """
 
     def __init__(
@@ -133,10 +155,86 @@ class BackendError(LBError):
         *,
         member: str | None = None,
         status: int | None = None,
-        retryable: bool = False,
+        kind: FailureKind = FailureKind.RETRYABLE,
         retry_after: float | None = None,
+        network: bool = False,
     ) -> None:
         self.member = member
         self.status = status
+        self.kind = kind
         self.retry_after = retry_after
-        super().__init__(message, retryable=retryable)
+        self.network = network
+        super().__init__(message, retryable=kind is FailureKind.RETRYABLE)
+
+    @property
+    def counts_for_breaker(self) -> bool:
+        """Request-specific errors say nothing about the backend's health."""
+        return self.kind is not FailureKind.REQUEST
+
+    def reason(self) -> str:
+        """A short reason for the exhausted-everything message."""
+        status = f"{self.status} " if self.status is not None else ""
+        return f"{status}{self.message}"
+
+
+class FirstChunkTimeoutError(BackendError):
+    """No content chunk arrived within ``timeout_ms`` (SPEC §4); retryable."""
+
+    def __init__(self, timeout_s: float, *, member: str | None = None) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(
+            f"no first chunk within {timeout_s * 1000:.0f} ms",
+            member=member,
+            kind=FailureKind.RETRYABLE,
+        )
+
+
+class StreamInterruptedError(BackendError):
+    """The member failed after text had reached the caller; nothing is replayed."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberFailure:
+    """Why one member could not serve a request: its final error, or a skip."""
+
+    member: str
+    reason: str
+    status: int | None = None
+    kind: FailureKind | None = None  # None for a skip
+    skipped: bool = False
+    recovery_at: float | None = None  # epoch seconds, for a breaker skip
+
+
+class NoBackendAvailableError(LBError):
+    """Nothing could serve the request. Lists every member with its reason.
+
+    ``retryable`` says whether trying again later can help; ``recovery_at`` (epoch
+    seconds) is when the first skipped member recovers, when every member was skipped.
+    """
+
+    def __init__(
+        self,
+        profile: str,
+        failures: Sequence[MemberFailure],
+        *,
+        retryable: bool,
+        recovery_at: float | None = None,
+        now: float | None = None,
+    ) -> None:
+        self.profile = profile
+        self.failures = tuple(failures)
+        self.recovery_at = recovery_at
+        lines = "; ".join(f"{f.member}: {f.reason}" for f in self.failures)
+        advice = "retrying later may help" if retryable else "retrying will not help"
+        if recovery_at is not None and now is not None:
+            advice += f"; the first member recovers in {max(0.0, recovery_at - now):.0f} s"
+        super().__init__(
+            f"no backend of {profile!r} could serve the request ({lines}); {advice}",
+            retryable=retryable,
+        )
+        statuses = {f.status for f in self.failures if f.status is not None}
+        self.status = statuses.pop() if len(statuses) == 1 else None
+
+
+class RequestRejectedError(NoBackendAvailableError):
+    """Every member rejected the request itself (400, 404, 413, 422, context, policy)."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["Behavior", "SimServer", "run_forever", "serve"]
+__all__ = ["Behavior", "SimServer", "run_forever", "serve", "serve_in_thread"]
 
 HOST = "127.0.0.1"
 _MAX_RECORDED = 200
@@ -401,6 +401,39 @@ async def serve(
         yield server
     finally:
         await server.close()
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    behavior: Behavior | str | None = None, *, port: int = 0
+) -> typing.Iterator[SimServer]:
+    """Run one simulated backend on its own event loop in a thread (for sync tests).
+
+    Read its counters freely; change ``behavior`` between requests only.
+    """
+    import threading
+
+    loop = asyncio.new_event_loop()
+    server = SimServer(behavior, port=port)
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="lbprovider-sim", daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("simulated backend did not start")
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def run_forever(behavior: Behavior, *, port: int = 0, duration: float | None = None) -> None:

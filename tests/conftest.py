@@ -84,3 +84,57 @@ def lb(members: list[Any], policy: str = "failover", **settings: Any) -> dict[st
         "modelParams": {},
         "ephemeralSettings": settings,
     }
+
+
+# -- engine helpers ------------------------------------------------------------------------------
+
+ENGINE_KEY = "sk-engine-test-key-5678"
+
+
+def make_lb(
+    servers: dict[str, Any],
+    policy: str = "failover",
+    *,
+    clock: Any = None,
+    store: Any = None,
+    events: list[Any] | None = None,
+    name: str = "lbtest",
+    keys: dict[str, str] | None = None,
+    **settings: Any,
+) -> Any:
+    """A LoadBalancingProvider over sim servers (name -> SimServer or URL), memory store."""
+    from pydantic import SecretStr
+
+    from lbprovider.profiles import LoadBalancerConfig, Member, Policy
+    from lbprovider.provider import LoadBalancingProvider
+    from lbprovider.settings import LBSettings
+    from lbprovider.state.memory import MemoryStore
+
+    members = tuple(
+        Member(
+            name=n,
+            provider="openai",
+            model=f"model-{n}",
+            api_base=s if isinstance(s, str) else s.url,
+            api_key=SecretStr((keys or {}).get(n, ENGINE_KEY)),
+            model_params={},
+        )
+        for n, s in servers.items()
+    )
+    config = LoadBalancerConfig(
+        name=name,
+        policy=Policy(policy),
+        members=members,
+        settings=LBSettings(**settings),
+        model_params={},
+    )
+    return LoadBalancingProvider(
+        config,
+        store=store if store is not None else MemoryStore(),
+        clock=clock,
+        sleep=clock.sleep if clock is not None else None,
+        on_event=events.append if events is not None else None,
+    )
+
+
+HI = [{"role": "user", "content": "hi"}]

@@ -1,0 +1,236 @@
+"""``LoadBalancingProvider``: the public API (SPEC §9). It composes; it decides nothing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lbprovider import breaker as brk
+from lbprovider import stats as stats_mod
+from lbprovider.clock import Clock, Sleep, SystemClock, real_sleep
+from lbprovider.errors import ConfigError
+from lbprovider.events import EventHook, log_event
+from lbprovider.policies import LBRecord
+from lbprovider.profile_store import ProfileStore
+from lbprovider.profiles import LoadBalancerConfig
+from lbprovider.routing import (
+    RequestTrace,
+    Router,
+    breaker_key,
+    lb_key,
+    metrics_key,
+    tpm_key,
+)
+from lbprovider.state import StateStore, default_store
+from lbprovider.transport import Chunk, LiteLLMTransport, ToolCallDelta, Transport, Usage
+
+__all__ = ["LoadBalancingProvider", "Result"]
+
+
+@dataclass
+class Result:
+    """A whole answer (``complete()``)."""
+
+    text: str
+    backend: str | None
+    model: str | None
+    usage: Usage | None
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    attempts: int = 0
+    failover: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``chat --json`` object: text, backend, model, failover, attempts, usage."""
+        usage = None
+        if self.usage is not None:
+            usage = {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "total_tokens": self.usage.total_tokens,
+            }
+        out: dict[str, Any] = {
+            "text": self.text,
+            "backend": self.backend,
+            "model": self.model,
+            "failover": self.failover,
+            "attempts": self.attempts,
+            "usage": usage,
+        }
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        return out
+
+
+def _merge_tool_calls(deltas: Sequence[ToolCallDelta]) -> list[dict[str, Any]]:
+    calls: dict[int, dict[str, Any]] = {}
+    for d in deltas:
+        call = calls.setdefault(
+            d.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        if d.id:
+            call["id"] = d.id
+        if d.name:
+            call["function"]["name"] += d.name
+        call["function"]["arguments"] += d.arguments
+    return [calls[i] for i in sorted(calls)]
+
+
+class LoadBalancingProvider:
+    """Routes chat requests over the members of one load-balancer profile.
+
+    Collaborators are injectable: ``store`` (state shared across requests and
+    processes), ``transport`` (how a member is called), ``clock`` and ``sleep``
+    (time), ``on_event`` (a hook receiving one event per attempt, skip, failover
+    and breaker change; logging is always subscribed).
+    """
+
+    def __init__(
+        self,
+        config: LoadBalancerConfig,
+        *,
+        store: StateStore | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+        sleep: Sleep | None = None,
+        on_event: EventHook | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store if store is not None else default_store()
+        self.clock = clock or SystemClock()
+        hooks: list[EventHook] = [log_event] + ([on_event] if on_event else [])
+        self._router = Router(
+            config,
+            store=self.store,
+            transport=transport or LiteLLMTransport(),
+            clock=self.clock,
+            sleep=sleep or real_sleep,
+            hooks=hooks,
+        )
+
+    @classmethod
+    def from_profile(
+        cls, name: str, *, profiles: ProfileStore | None = None, **kwargs: Any
+    ) -> LoadBalancingProvider:
+        """Load load-balancer profile ``name`` from the profile store (SPEC §2)."""
+        return cls((profiles or ProfileStore()).load_loadbalancer(name), **kwargs)
+
+    @property
+    def name(self) -> str:
+        """The load-balancer profile's name."""
+        return self.config.name
+
+    async def stream(
+        self, messages: Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> AsyncGenerator[Chunk, None]:
+        """Stream an answer as chunks (``chunk.text``, ``chunk.tool_calls``, ``chunk.backend``).
+
+        Keyword arguments (temperature, max_tokens, tools, ...) go to the backend.
+        Stopping early, or cancelling, closes the upstream stream.
+        """
+        async with contextlib.aclosing(
+            self._router.route(messages, kwargs, RequestTrace())
+        ) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def complete(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Result:
+        """The whole answer, with the serving backend, attempts and usage."""
+        trace = RequestTrace()
+        text: list[str] = []
+        tools: list[ToolCallDelta] = []
+        finish = None
+        async with contextlib.aclosing(self._router.route(messages, kwargs, trace)) as chunks:
+            async for chunk in chunks:
+                text.append(chunk.text)
+                tools.extend(chunk.tool_calls)
+                finish = chunk.finish_reason or finish
+        return Result(
+            text="".join(text),
+            backend=trace.backend,
+            model=trace.model,
+            usage=trace.usage,
+            finish_reason=finish,
+            tool_calls=_merge_tool_calls(tools),
+            attempts=trace.attempts,
+            failover=trace.failover,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """The stats report of SPEC §6 (the ``stats --json`` shape)."""
+        return stats_for(self.config, self.store, self.clock.now())
+
+    def reset_stats(self) -> None:
+        """Clear counters (breakers and TPM windows stay)."""
+        reset_stats(self.store, self.config.name)
+
+    def bench(self, member: str, duration_s: float) -> None:
+        """Take ``member`` out of rotation by hand for ``duration_s`` seconds."""
+        bench(self.store, self._member_name(member), duration_s, self.clock.now())
+
+    def unbench(self, member: str) -> None:
+        """Put ``member`` back (closes its breaker)."""
+        unbench(self.store, self._member_name(member))
+
+    def _member_name(self, member: str) -> str:
+        if member not in self.config.member_names:
+            raise ConfigError(
+                f"{member!r} is not a member of {self.config.name!r}",
+                field="MEMBER",
+                hint=f"members: {', '.join(self.config.member_names)}",
+            )
+        return member
+
+
+def stats_for(config: LoadBalancerConfig, store: StateStore, now: float) -> dict[str, Any]:
+    """Build the stats report of one load balancer from the store (no litellm)."""
+    names = config.member_names
+    keys = [lb_key(config.name)]
+    keys += [metrics_key(config.name, n) for n in names]
+    keys += [breaker_key(n) for n in names] + [tpm_key(n) for n in names]
+    raw = store.get_many(keys)
+    return stats_mod.build_stats(
+        profile=config.name,
+        policy=config.policy.value,
+        members=names,
+        models={m.name: m.litellm_model for m in config.members},
+        lb=LBRecord.from_dict(raw.get(lb_key(config.name))),
+        metrics={
+            n: stats_mod.MemberMetrics.from_dict(raw.get(metrics_key(config.name, n)))
+            for n in names
+        },
+        breakers={n: brk.BreakerRecord.from_dict(raw.get(breaker_key(n))) for n in names},
+        tpm={n: raw.get(tpm_key(n)) for n in names},
+        now=now,
+        window_s=config.settings.circuit_breaker_failure_window_ms / 1000,
+    )
+
+
+def reset_stats(store: StateStore, profile: str) -> None:
+    """Clear one load balancer's counters; breakers, TPM and routing indices stay."""
+    store.delete_prefix(f"metrics:{profile}:")
+
+    def clear(raw: Any) -> Any:
+        rec = LBRecord.from_dict(raw)
+        return LBRecord(
+            rr=rec.rr, ticket=rec.ticket, sticky=rec.sticky, sticky_ticket=rec.sticky_ticket
+        ).to_dict()
+
+    store.update(lb_key(profile), clear)
+
+
+def bench(store: StateStore, member: str, duration_s: float, now: float) -> None:
+    """Open ``member``'s breaker by hand (every load balancer sees it)."""
+    store.update(
+        breaker_key(member),
+        lambda raw: brk.bench(brk.BreakerRecord.from_dict(raw), now, duration_s).to_dict(),
+    )
+
+
+def unbench(store: StateStore, member: str) -> None:
+    """Close ``member``'s breaker by hand."""
+    store.update(
+        breaker_key(member), lambda raw: brk.unbench(brk.BreakerRecord.from_dict(raw)).to_dict()
+    )

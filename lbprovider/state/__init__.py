@@ -1,0 +1,83 @@
+"""The state store: breakers, round-robin and sticky indices, TPM buckets and metrics.
+
+Everything the engine remembers between requests lives here, behind one small
+interface, so that several processes (every ``llm`` invocation is one) can share
+it.  The interface is a key-value store of JSON-able values whose only write is an
+atomic read-modify-write: ``update(key, fn)`` applies a pure function to the
+current value and stores the result, with no other writer in between.  The domain
+modules (breaker, policies, window, stats) supply the pure functions; a store only
+has to make them atomic.
+
+Keys: ``lb:<profile>`` (counters and indices), ``breaker:<member>``,
+``tpm:<member>``, ``metrics:<profile>:<member>``.
+
+``blocking`` says whether calls may block (disk, network): the engine then runs
+them in a worker thread instead of on the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+__all__ = ["StateStore", "Updater", "default_store", "reset_default_store"]
+
+Updater = Callable[[Any], Any]
+
+
+class StateStore(Protocol):
+    """Atomic key-value state shared by every load balancer (and, persisted, every process)."""
+
+    blocking: bool
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Current values of ``keys`` (missing keys are absent)."""
+        ...
+
+    def scan(self, prefix: str) -> dict[str, Any]:
+        """Every key starting with ``prefix``, with its value."""
+        ...
+
+    def update(self, key: str, fn: Updater) -> Any:
+        """Atomically replace the value of ``key`` (None if absent) by ``fn(value)``.
+
+        Returns the new value; ``fn`` returning None deletes the key.
+        """
+        ...
+
+    def update_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
+        """Several updates in one atomic step; returns the new values."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every key starting with ``prefix``."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release resources."""
+        ...
+
+
+_default: StateStore | None = None
+
+
+def default_store() -> StateStore:
+    """The process-wide store (``memory://`` until the persistent store is configured).
+
+    A documented, resettable accessor rather than a bare module global: breakers are
+    shared by every load balancer of the process, so they must share one store.
+    """
+    global _default
+    if _default is None:
+        from lbprovider.state.memory import MemoryStore
+
+        _default = MemoryStore()
+    return _default
+
+
+def reset_default_store() -> None:
+    """Forget the process-wide store (tests; a host that changes its configuration)."""
+    global _default
+    if _default is not None:
+        _default.close()
+    _default = None

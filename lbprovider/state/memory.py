@@ -1,0 +1,60 @@
+"""The in-memory state store: one process, no persistence (``memory://``)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from lbprovider.state import Updater
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """A dict behind a lock. Values are deep-copied in and out so callers never share them."""
+
+    blocking = False
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] = {}
+        # The engine calls from the event loop thread only, but hosts may call
+        # stats() from another thread; the lock keeps every update atomic anyway.
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Current values of ``keys``."""
+        with self._lock:
+            return {k: copy.deepcopy(self._data[k]) for k in keys if k in self._data}
+
+    def scan(self, prefix: str) -> dict[str, Any]:
+        """Every key with ``prefix``."""
+        with self._lock:
+            return {k: copy.deepcopy(v) for k, v in self._data.items() if k.startswith(prefix)}
+
+    def update(self, key: str, fn: Updater) -> Any:
+        """Atomic read-modify-write of one key."""
+        return self.update_many({key: fn})[key]
+
+    def update_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
+        """Atomic read-modify-write of several keys."""
+        out: dict[str, Any] = {}
+        with self._lock:
+            for key, fn in updates.items():
+                new = fn(copy.deepcopy(self._data.get(key)))
+                if new is None:
+                    self._data.pop(key, None)
+                else:
+                    self._data[key] = new
+                out[key] = copy.deepcopy(new)
+        return out
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every key with ``prefix``."""
+        with self._lock:
+            for k in [k for k in self._data if k.startswith(prefix)]:
+                del self._data[k]
+
+    def close(self) -> None:
+        """Nothing to release."""

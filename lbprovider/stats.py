@@ -1,0 +1,196 @@
+"""Metrics and the stats report (SPEC §6).
+
+Per (load balancer, member) a :class:`MemberMetrics` record in the state store
+counts attempts as they end: ``requests = successes + failures`` once nothing is
+in flight.  An attempt the caller cancelled before its first chunk is neither (it
+is counted under ``cancelled``, outside ``requests``); one cancelled after its first
+chunk is a success, since the backend did serve.  :func:`build_stats` assembles the
+documented JSON shape from the stored records without touching litellm.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from lbprovider.breaker import BreakerRecord
+from lbprovider.policies import LBRecord
+from lbprovider.window import current_tpm
+
+__all__ = ["MemberMetrics", "Outcome", "build_stats", "record_attempt", "record_skip"]
+
+_SAMPLES = 200  # first-chunk latencies kept per member, for percentiles
+
+
+class Outcome(StrEnum):
+    """How one attempt ended."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    TIMEOUT = "timeout"  # a first-chunk timeout (also a failure)
+    CANCELLED = "cancelled"  # the caller went away before the first chunk
+
+
+@dataclass(frozen=True, slots=True)
+class MemberMetrics:
+    """Counters for one member under one load balancer."""
+
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    cancelled: int = 0
+    skips: int = 0
+    tokens: int = 0
+    total_latency_ms: float = 0.0
+    first_chunk_ms: tuple[float, ...] = field(default=())
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form for the state store."""
+        return {
+            "requests": self.requests,
+            "successes": self.successes,
+            "failures": self.failures,
+            "timeouts": self.timeouts,
+            "cancelled": self.cancelled,
+            "skips": self.skips,
+            "tokens": self.tokens,
+            "totalLatencyMs": self.total_latency_ms,
+            "firstChunkMs": list(self.first_chunk_ms),
+            "lastError": self.last_error,
+            "lastErrorAt": self.last_error_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> MemberMetrics:
+        """Inverse of :meth:`to_dict`."""
+        if not d:
+            return cls()
+        return cls(
+            requests=int(d.get("requests", 0)),
+            successes=int(d.get("successes", 0)),
+            failures=int(d.get("failures", 0)),
+            timeouts=int(d.get("timeouts", 0)),
+            cancelled=int(d.get("cancelled", 0)),
+            skips=int(d.get("skips", 0)),
+            tokens=int(d.get("tokens", 0)),
+            total_latency_ms=float(d.get("totalLatencyMs", 0.0)),
+            first_chunk_ms=tuple(float(x) for x in d.get("firstChunkMs", ())),
+            last_error=d.get("lastError"),
+            last_error_at=d.get("lastErrorAt"),
+        )
+
+    @property
+    def avg_latency_ms(self) -> float:
+        """Mean attempt duration over finished attempts."""
+        return self.total_latency_ms / self.requests if self.requests else 0.0
+
+    def first_chunk_percentile(self, p: float) -> float | None:
+        """A percentile (0..100) of first-chunk latency over the recent successes."""
+        if not self.first_chunk_ms:
+            return None
+        if len(self.first_chunk_ms) == 1:
+            return self.first_chunk_ms[0]
+        cuts = statistics.quantiles(self.first_chunk_ms, n=100, method="inclusive")
+        return cuts[max(0, min(98, round(p) - 1))]
+
+
+def record_attempt(
+    m: MemberMetrics,
+    outcome: Outcome,
+    *,
+    latency_ms: float,
+    first_chunk_ms: float | None = None,
+    tokens: int = 0,
+    error: str | None = None,
+    at: float | None = None,
+) -> MemberMetrics:
+    """Count one finished attempt."""
+    if outcome is Outcome.CANCELLED:
+        return replace(m, cancelled=m.cancelled + 1)
+    samples = m.first_chunk_ms
+    if first_chunk_ms is not None:
+        samples = (*samples[-(_SAMPLES - 1) :], round(first_chunk_ms, 3))
+    ok = outcome is Outcome.SUCCESS
+    return replace(
+        m,
+        requests=m.requests + 1,
+        successes=m.successes + ok,
+        failures=m.failures + (not ok),
+        timeouts=m.timeouts + (outcome is Outcome.TIMEOUT),
+        tokens=m.tokens + tokens,
+        total_latency_ms=m.total_latency_ms + latency_ms,
+        first_chunk_ms=samples,
+        last_error=error if error is not None else m.last_error,
+        last_error_at=at if error is not None else m.last_error_at,
+    )
+
+
+def record_skip(m: MemberMetrics) -> MemberMetrics:
+    """Count one skip (breaker open, probe in flight, TPM, bench)."""
+    return replace(m, skips=m.skips + 1)
+
+
+def _ms(t: float | None) -> int | None:
+    return None if t is None else round(t * 1000)
+
+
+def build_stats(
+    *,
+    profile: str,
+    policy: str,
+    members: Sequence[str],
+    models: Mapping[str, str],
+    lb: LBRecord,
+    metrics: Mapping[str, MemberMetrics],
+    breakers: Mapping[str, BreakerRecord],
+    tpm: Mapping[str, Mapping[str, Any] | None],
+    now: float,
+    window_s: float,
+) -> dict[str, Any]:
+    """The ``stats --json`` object (times are epoch milliseconds)."""
+    backend: dict[str, Any] = {}
+    states: dict[str, Any] = {}
+    for name in members:
+        m = metrics.get(name, MemberMetrics())
+        p50, p95 = m.first_chunk_percentile(50), m.first_chunk_percentile(95)
+        backend[name] = {
+            "requests": m.requests,
+            "successes": m.successes,
+            "failures": m.failures,
+            "timeouts": m.timeouts,
+            "tokens": m.tokens,
+            "totalLatencyMs": round(m.total_latency_ms, 3),
+            "avgLatencyMs": round(m.avg_latency_ms, 3),
+            "cancelled": m.cancelled,
+            "skips": m.skips,
+            "firstChunkP50Ms": None if p50 is None else round(p50, 3),
+            "firstChunkP95Ms": None if p95 is None else round(p95, 3),
+            "lastError": m.last_error,
+            "lastErrorAt": _ms(m.last_error_at),
+        }
+        b = breakers.get(name, BreakerRecord())
+        states[name] = {
+            "state": b.effective_state(now).value,
+            "failures": b.failures_in_window(now, window_s),
+            "openedAt": _ms(b.opened_at),
+            "recoveryAt": _ms(b.recovery_at),
+            "manual": b.manual,
+        }
+    return {
+        "profileName": profile,
+        "policy": policy,
+        "members": list(members),
+        "totalRequests": lb.total,
+        "lastSelected": lb.last_selected,
+        "lastSelectedModel": lb.last_model or (models.get(lb.last_selected or "")),
+        "profileCounts": {n: lb.counts.get(n, 0) for n in members},
+        "backendMetrics": backend,
+        "circuitBreakerStates": states,
+        "currentTPM": {n: round(current_tpm(tpm.get(n), now), 3) for n in members},
+    }
