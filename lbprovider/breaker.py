@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from lbprovider.settings import LBSettings
+from lbprovider.state import StateStore, breaker_key
 
 __all__ = [
     "Admission",
@@ -29,10 +30,12 @@ __all__ = [
     "BreakerState",
     "admit",
     "bench",
+    "bench_member",
     "on_failure",
     "on_release",
     "on_success",
     "unbench",
+    "unbench_member",
 ]
 
 
@@ -224,3 +227,16 @@ def bench(rec: BreakerRecord, now: float, duration_s: float) -> BreakerRecord:
 def unbench(rec: BreakerRecord) -> BreakerRecord:
     """Close a member by hand (also clears an automatic open)."""
     return _closed()
+
+
+def bench_member(store: StateStore, member: str, duration_s: float, now: float) -> None:
+    """Open ``member``'s breaker by hand in ``store`` (every load balancer sees it)."""
+    store.update(
+        breaker_key(member),
+        lambda raw: bench(BreakerRecord.from_dict(raw), now, duration_s).to_dict(),
+    )
+
+
+def unbench_member(store: StateStore, member: str) -> None:
+    """Close ``member``'s breaker by hand in ``store``."""
+    store.update(breaker_key(member), lambda raw: unbench(BreakerRecord.from_dict(raw)).to_dict())

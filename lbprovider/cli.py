@@ -7,6 +7,7 @@ at module level: ``--help``, ``profiles …`` and ``stats`` must start fast.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -246,6 +247,133 @@ def chat_command(
         click.echo()
 
     asyncio.run(run())
+
+
+@cli.command("stats")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="print the SPEC §6 JSON object(s)")
+@click.option("--reset", is_flag=True, help="clear counters (breakers stay)")
+@click.pass_context
+def stats_command(ctx: click.Context, name: str | None, as_json: bool, reset: bool) -> None:
+    """Show what each member of NAME (default: every profile with recorded state) did."""
+    from lbprovider import stats as stats_mod
+    from lbprovider.clock import SystemClock
+    from lbprovider.state import default_store
+
+    profiles = _store(ctx)
+    state = default_store()
+    if name is not None:
+        configs = [profiles.load_loadbalancer(name)]
+    else:
+        configs = []
+        for recorded in sorted(k.removeprefix("lb:") for k in state.scan("lb:")):
+            try:
+                configs.append(profiles.load_loadbalancer(recorded))
+            except ConfigError as exc:
+                _warn([f"recorded state for {recorded!r} skipped: {exc}"])
+    if reset:
+        for config in configs:
+            stats_mod.reset_stats(state, config.name)
+            click.echo(f"reset counters of {config.name}", err=True)
+    now = SystemClock().now()
+    reports = [stats_mod.stats_for(c, state, now) for c in configs]
+    if as_json:
+        click.echo(json.dumps(reports[0] if name is not None else reports, indent=2))
+        return
+    if not reports:
+        click.echo("no recorded state yet (run a request first)", err=True)
+        return
+    from lbprovider.report import console_for_tables, render_stats
+
+    console = console_for_tables()
+    for report in reports:
+        render_stats(report, console)
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``5m``, ``1h30m``."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not text.strip() or match is None or not any(match.groups()):
+        raise ConfigError(
+            f"cannot read duration {text!r}",
+            field="--for",
+            hint="write it like 90, 90s, 5m or 1h30m",
+        )
+    h, m, sec = (float(g) if g else 0.0 for g in match.groups())
+    seconds = h * 3600 + m * 60 + sec
+    if seconds <= 0:
+        raise ConfigError("the duration must be positive", field="--for")
+    return seconds
+
+
+def _member_profile(ctx: click.Context, member: str) -> str:
+    from lbprovider.profiles import LoadBalancerProfile
+
+    path, profile = _store(ctx).load(member)
+    if isinstance(profile, LoadBalancerProfile):
+        raise ConfigError(
+            f"{member!r} is a load balancer; bench one of its members", file=path, field="MEMBER"
+        )
+    return member
+
+
+@cli.command("bench")
+@click.argument("member")
+@click.option(
+    "--for", "duration", required=True, metavar="DURATION", help="how long, e.g. 90s, 5m, 1h"
+)
+@click.pass_context
+def bench_command(ctx: click.Context, member: str, duration: str) -> None:
+    """Take MEMBER out of rotation (every load balancer) for DURATION."""
+    import datetime as dt
+
+    from lbprovider.breaker import bench_member
+    from lbprovider.state import default_store
+
+    seconds = parse_duration(duration)
+    _member_profile(ctx, member)
+    now = dt.datetime.now()
+    bench_member(default_store(), member, seconds, now.timestamp())
+    until = (now + dt.timedelta(seconds=seconds)).strftime("%H:%M:%S")
+    click.echo(f"benched {member} until {until}")
+
+
+@cli.command("unbench")
+@click.argument("member")
+@click.pass_context
+def unbench_command(ctx: click.Context, member: str) -> None:
+    """Put MEMBER back into rotation (closes its breaker)."""
+    from lbprovider.breaker import unbench_member
+    from lbprovider.state import default_store
+
+    _member_profile(ctx, member)
+    unbench_member(default_store(), member)
+    click.echo(f"unbenched {member}")
+
+
+@cli.command("demo")
+@click.option("--json", "as_json", is_flag=True, help="print the stats of each profile as JSON")
+@click.option(
+    "--requests",
+    "requests",
+    type=click.IntRange(1, 200),
+    default=12,
+    show_default=True,
+    help="requests per policy",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="keep the demo's profiles and state here (default: a temp dir, removed)",
+)
+def demo_command(as_json: bool, requests: int, state_dir: Path | None) -> None:
+    """Run the whole system on three simulated backends on loopback (no keys, no network)."""
+    from lbprovider.demo import run_demo
+
+    run_demo(requests=requests, as_json=as_json, state_dir=state_dir)
 
 
 @cli.command("sim")

@@ -12,17 +12,9 @@ from lbprovider import stats as stats_mod
 from lbprovider.clock import Clock, Sleep, SystemClock, real_sleep
 from lbprovider.errors import ConfigError
 from lbprovider.events import EventHook, log_event
-from lbprovider.policies import LBRecord
 from lbprovider.profile_store import ProfileStore
 from lbprovider.profiles import LoadBalancerConfig
-from lbprovider.routing import (
-    RequestTrace,
-    Router,
-    breaker_key,
-    lb_key,
-    metrics_key,
-    tpm_key,
-)
+from lbprovider.routing import RequestTrace, Router
 from lbprovider.state import StateStore, default_store
 from lbprovider.transport import Chunk, LiteLLMTransport, ToolCallDelta, Transport, Usage
 
@@ -160,19 +152,19 @@ class LoadBalancingProvider:
 
     def stats(self) -> dict[str, Any]:
         """The stats report of SPEC §6 (the ``stats --json`` shape)."""
-        return stats_for(self.config, self.store, self.clock.now())
+        return stats_mod.stats_for(self.config, self.store, self.clock.now())
 
     def reset_stats(self) -> None:
         """Clear counters (breakers and TPM windows stay)."""
-        reset_stats(self.store, self.config.name)
+        stats_mod.reset_stats(self.store, self.config.name)
 
     def bench(self, member: str, duration_s: float) -> None:
         """Take ``member`` out of rotation by hand for ``duration_s`` seconds."""
-        bench(self.store, self._member_name(member), duration_s, self.clock.now())
+        brk.bench_member(self.store, self._member_name(member), duration_s, self.clock.now())
 
     def unbench(self, member: str) -> None:
         """Put ``member`` back (closes its breaker)."""
-        unbench(self.store, self._member_name(member))
+        brk.unbench_member(self.store, self._member_name(member))
 
     def _member_name(self, member: str) -> str:
         if member not in self.config.member_names:
@@ -182,55 +174,3 @@ class LoadBalancingProvider:
                 hint=f"members: {', '.join(self.config.member_names)}",
             )
         return member
-
-
-def stats_for(config: LoadBalancerConfig, store: StateStore, now: float) -> dict[str, Any]:
-    """Build the stats report of one load balancer from the store (no litellm)."""
-    names = config.member_names
-    keys = [lb_key(config.name)]
-    keys += [metrics_key(config.name, n) for n in names]
-    keys += [breaker_key(n) for n in names] + [tpm_key(n) for n in names]
-    raw = store.get_many(keys)
-    return stats_mod.build_stats(
-        profile=config.name,
-        policy=config.policy.value,
-        members=names,
-        models={m.name: m.litellm_model for m in config.members},
-        lb=LBRecord.from_dict(raw.get(lb_key(config.name))),
-        metrics={
-            n: stats_mod.MemberMetrics.from_dict(raw.get(metrics_key(config.name, n)))
-            for n in names
-        },
-        breakers={n: brk.BreakerRecord.from_dict(raw.get(breaker_key(n))) for n in names},
-        tpm={n: raw.get(tpm_key(n)) for n in names},
-        now=now,
-        window_s=config.settings.circuit_breaker_failure_window_ms / 1000,
-    )
-
-
-def reset_stats(store: StateStore, profile: str) -> None:
-    """Clear one load balancer's counters; breakers, TPM and routing indices stay."""
-    store.delete_prefix(f"metrics:{profile}:")
-
-    def clear(raw: Any) -> Any:
-        rec = LBRecord.from_dict(raw)
-        return LBRecord(
-            rr=rec.rr, ticket=rec.ticket, sticky=rec.sticky, sticky_ticket=rec.sticky_ticket
-        ).to_dict()
-
-    store.update(lb_key(profile), clear)
-
-
-def bench(store: StateStore, member: str, duration_s: float, now: float) -> None:
-    """Open ``member``'s breaker by hand (every load balancer sees it)."""
-    store.update(
-        breaker_key(member),
-        lambda raw: brk.bench(brk.BreakerRecord.from_dict(raw), now, duration_s).to_dict(),
-    )
-
-
-def unbench(store: StateStore, member: str) -> None:
-    """Close ``member``'s breaker by hand."""
-    store.update(
-        breaker_key(member), lambda raw: brk.unbench(brk.BreakerRecord.from_dict(raw)).to_dict()
-    )

@@ -31,31 +31,11 @@ from lbprovider.errors import (
 from lbprovider.events import Event, EventHook, EventKind
 from lbprovider.profiles import LoadBalancerConfig, Member, Policy
 from lbprovider.retry import member_retrying
-from lbprovider.state import StateStore, Updater
+from lbprovider.state import StateStore, Updater, breaker_key, lb_key, metrics_key, tpm_key
 from lbprovider.timeouts import FirstChunkTimeout
 from lbprovider.transport import Chunk, Transport, Usage
 
-__all__ = ["RequestTrace", "Router", "breaker_key", "lb_key", "metrics_key", "tpm_key"]
-
-
-def lb_key(profile: str) -> str:
-    """Store key of a load balancer's routing record."""
-    return f"lb:{profile}"
-
-
-def breaker_key(member: str) -> str:
-    """Store key of a member's breaker (shared by every load balancer)."""
-    return f"breaker:{member}"
-
-
-def tpm_key(member: str) -> str:
-    """Store key of a member's TPM buckets (shared by every load balancer)."""
-    return f"tpm:{member}"
-
-
-def metrics_key(profile: str, member: str) -> str:
-    """Store key of a member's metrics under one load balancer."""
-    return f"metrics:{profile}:{member}"
+__all__ = ["RequestTrace", "Router"]
 
 
 @dataclass
@@ -97,8 +77,8 @@ class _BreakerUpdate:
     def __call__(self, raw: Any) -> Any:
         old = brk.BreakerRecord.from_dict(raw)
         new = self.step(old)
-        if new.state is not old.state:
-            self.changes.append(new.state.value)
+        # Assigned, not appended: a store may run an updater again after a retry.
+        self.changes = [new.state.value] if new.state is not old.state else []
         return new.to_dict()
 
 
@@ -209,7 +189,7 @@ class Router:
             return rec.to_dict()
 
         await self._update_many({lb_key(cfg.name): start_request})
-        start = holder[0]
+        start = holder[-1]
         deferred: list[int] = []  # members skipped only by the TPM rule
         opened: _Open | None = None
         for index in policies.candidates(start.index, n):
@@ -275,7 +255,7 @@ class Router:
         updater = _BreakerUpdate(step)
         await self._update_many({key: updater})
         self._emit_changes(member.name, updater)
-        return result[0]
+        return result[-1]
 
     async def _tpm_skips(self, member: Member) -> bool:
         threshold = self.config.settings.tpm_threshold

@@ -29,6 +29,16 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def fresh_default_store() -> Any:
+    """Each test starts and ends with no process-wide state store open."""
+    from lbprovider.state import reset_default_store
+
+    reset_default_store()
+    yield
+    reset_default_store()
+
+
 @pytest.fixture
 def profiles_dir(isolated: Path) -> Path:
     """``<home>/profiles``, created."""

@@ -14,18 +14,9 @@ from click.testing import CliRunner
 
 from lbprovider.cli import cli
 from lbprovider.sim import SimServer, serve_in_thread
-from lbprovider.state import reset_default_store
 from tests.conftest import SIM_KEY, WriteProfile, lb, member
 
 pytest.importorskip("litellm")
-
-
-@pytest.fixture(autouse=True)
-def fresh_state() -> Iterator[None]:
-    """Each test starts with an empty process-wide state store."""
-    reset_default_store()
-    yield
-    reset_default_store()
 
 
 @pytest.fixture

@@ -226,10 +226,12 @@ def test_sim_bad_behavior() -> None:
         "from lbprovider.cli import main; main(['--help'])",
         "from lbprovider.cli import main; main(['profiles', 'list'])",
         "from lbprovider.cli import main; main(['profiles', 'validate'])",
+        "from lbprovider.cli import main; main(['stats'])",
+        "from lbprovider.cli import main; main(['stats', '--json'])",
     ],
 )
 def test_cli_does_not_import_litellm(code_line: str) -> None:
-    """--help and every profiles command start without importing litellm."""
+    """--help, every profiles command and stats start without importing litellm."""
     probe = (
         "import sys, atexit\n"
         "atexit.register(lambda: print('LITELLM' if 'litellm' in sys.modules else 'CLEAN',"

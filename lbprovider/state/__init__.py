@@ -20,7 +20,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-__all__ = ["StateStore", "Updater", "default_store", "reset_default_store"]
+__all__ = [
+    "StateStore",
+    "Updater",
+    "breaker_key",
+    "default_store",
+    "lb_key",
+    "metrics_key",
+    "open_store",
+    "reset_default_store",
+    "state_url",
+    "tpm_key",
+]
 
 Updater = Callable[[Any], Any]
 
@@ -58,20 +69,79 @@ class StateStore(Protocol):
         ...
 
 
+def lb_key(profile: str) -> str:
+    """Key of a load balancer's routing record (indices, counters)."""
+    return f"lb:{profile}"
+
+
+def breaker_key(member: str) -> str:
+    """Key of a member's breaker (shared by every load balancer)."""
+    return f"breaker:{member}"
+
+
+def tpm_key(member: str) -> str:
+    """Key of a member's TPM buckets (shared by every load balancer)."""
+    return f"tpm:{member}"
+
+
+def metrics_key(profile: str, member: str) -> str:
+    """Key of a member's metrics under one load balancer."""
+    return f"metrics:{profile}:{member}"
+
+
+def state_url(env: Mapping[str, str] | None = None) -> str:
+    """``$LBPROVIDER_STATE``, else ``sqlite:///<home>/state.db``."""
+    import os
+
+    from lbprovider.paths import home_dir
+
+    env = os.environ if env is None else env
+    return env.get("LBPROVIDER_STATE") or f"sqlite:///{home_dir(env) / 'state.db'}"
+
+
+def open_store(url: str) -> StateStore:
+    """Open the store a URL names: ``sqlite:///PATH`` or ``memory://``."""
+    from pathlib import Path
+
+    from lbprovider.errors import ConfigError
+
+    if url.startswith("memory:"):
+        from lbprovider.state.memory import MemoryStore
+
+        return MemoryStore()
+    if url.startswith("sqlite://"):
+        # sqlite:///PATH: PATH is absolute ("sqlite:////x" reads the same); "/~/..." expands.
+        rest = url.removeprefix("sqlite://").lstrip("/")
+        if not rest:
+            raise ConfigError(
+                "sqlite:///PATH needs a path",
+                field="LBPROVIDER_STATE",
+                hint="for example sqlite:///home/me/.config/lbprovider/state.db",
+            )
+        from lbprovider.state.sqlite import SQLiteStore
+
+        path = Path(rest).expanduser() if rest.startswith("~") else Path("/" + rest)
+        return SQLiteStore(path)
+    scheme = url.split(":", 1)[0]
+    raise ConfigError(
+        f"unsupported state store {scheme!r}",
+        field="LBPROVIDER_STATE",
+        hint="use sqlite:///PATH (the default) or memory://",
+    )
+
+
 _default: StateStore | None = None
 
 
 def default_store() -> StateStore:
-    """The process-wide store (``memory://`` until the persistent store is configured).
+    """The process-wide store named by ``$LBPROVIDER_STATE`` (default: SQLite in the home).
 
     A documented, resettable accessor rather than a bare module global: breakers are
     shared by every load balancer of the process, so they must share one store.
     """
     global _default
     if _default is None:
-        from lbprovider.state.memory import MemoryStore
-
-        _default = MemoryStore()
+        _default = open_store(state_url())
     return _default
 
 

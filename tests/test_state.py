@@ -1,0 +1,146 @@
+"""SPEC §7: the state stores (memory and SQLite), their URLs and how they fail safe."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lbprovider.errors import ConfigError
+from lbprovider.state import open_store, state_url
+from lbprovider.state.memory import MemoryStore
+from lbprovider.state.sqlite import SQLiteStore
+
+
+def incr(raw: Any) -> Any:
+    """Add one to a counter."""
+    return (raw or 0) + 1
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Each store implementation."""
+    s = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
+    yield s
+    s.close()
+
+
+def test_update_get_scan_delete(store: Any) -> None:
+    """The interface: atomic updates, reads, prefix scans and deletes."""
+    assert store.update("a:1", incr) == 1
+    assert store.update_many({"a:1": incr, "a:2": lambda raw: {"x": [1, 2]}}) == {
+        "a:1": 2,
+        "a:2": {"x": [1, 2]},
+    }
+    store.update("b:1", lambda raw: "keep")
+    assert store.get_many(["a:1", "a:2", "missing"]) == {"a:1": 2, "a:2": {"x": [1, 2]}}
+    assert store.scan("a:") == {"a:1": 2, "a:2": {"x": [1, 2]}}
+    store.delete_prefix("a:")
+    assert store.scan("") == {"b:1": "keep"}
+    assert store.update("b:1", lambda raw: None) is None
+    assert store.get_many(["b:1"]) == {}
+
+
+def test_values_are_copies(store: Any) -> None:
+    """Mutating a returned value never changes the stored one."""
+    store.update("k", lambda raw: {"n": [1]})
+    got = store.get_many(["k"])["k"]
+    got["n"].append(2)
+    assert store.get_many(["k"])["k"] == {"n": [1]}
+
+
+def test_concurrent_updates_never_lose_a_count(store: Any) -> None:
+    """8 threads x 200 increments = 1600, exactly."""
+
+    def work() -> None:
+        for _ in range(200):
+            store.update("n", incr)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get_many(["n"]) == {"n": 1600}
+
+
+def test_sqlite_persists_and_is_0600(tmp_path: Path) -> None:
+    """State survives a restart; the file is private."""
+    path = tmp_path / "deep" / "state.db"
+    first = SQLiteStore(path)
+    first.update("k", lambda raw: {"v": 1})
+    first.close()
+    second = SQLiteStore(path)
+    assert second.get_many(["k"]) == {"k": {"v": 1}}
+    assert path.stat().st_mode & 0o777 == 0o600
+    second.close()
+
+
+def test_sqlite_two_connections_share(tmp_path: Path) -> None:
+    """Two stores on one file (as two processes would be) see each other's writes."""
+    a, b = SQLiteStore(tmp_path / "s.db"), SQLiteStore(tmp_path / "s.db")
+    a.update("n", incr)
+    b.update("n", incr)
+    assert a.get_many(["n"]) == {"n": 2}
+    a.close()
+    b.close()
+
+
+def test_corrupt_file_degrades_to_memory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A corrupt state file gives one clear warning; the store keeps working in memory."""
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not a database, just garbage" * 100)
+    with caplog.at_level(logging.WARNING, logger="lbprovider"):
+        s = SQLiteStore(path)
+    assert s.degraded
+    assert str(path) in caplog.text and "keeping state in memory" in caplog.text
+    assert s.update("n", incr) == 1
+    assert s.get_many(["n"]) == {"n": 1}
+    assert path.read_bytes().startswith(b"this is not a database")  # never overwritten
+
+
+def test_unopenable_path_degrades(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A path that cannot hold a database (its parent is a file) degrades, never raises."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with caplog.at_level(logging.WARNING, logger="lbprovider"):
+        s = SQLiteStore(blocker / "state.db")
+    assert s.degraded and "unusable" in caplog.text
+    assert s.update("n", incr) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///tmp/x/state.db", Path("/tmp/x/state.db")),
+        ("sqlite:////tmp/x/state.db", Path("/tmp/x/state.db")),
+    ],
+)
+def test_sqlite_urls(url: str, expected: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sqlite:///PATH names an absolute path."""
+    opened: list[Path] = []
+    monkeypatch.setattr(SQLiteStore, "__init__", lambda self, path: opened.append(path))
+    open_store(url)
+    assert opened == [expected]
+
+
+def test_memory_url() -> None:
+    """memory:// is the in-process store."""
+    assert isinstance(open_store("memory://"), MemoryStore)
+
+
+@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "postgres://x", "sqlite://"])
+def test_bad_urls(url: str) -> None:
+    """Unsupported or incomplete URLs are bad input naming LBPROVIDER_STATE."""
+    with pytest.raises(ConfigError, match="LBPROVIDER_STATE"):
+        open_store(url)
+
+
+def test_default_url(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default: SQLite in the home; LBPROVIDER_STATE overrides."""
+    assert state_url() == f"sqlite:///{isolated / 'state.db'}"
+    monkeypatch.setenv("LBPROVIDER_STATE", "memory://")
+    assert state_url() == "memory://"
