@@ -108,16 +108,6 @@ class Router:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    async def _update_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
-        if self.store.blocking:
-            return await asyncio.to_thread(self.store.update_many, updates)
-        return self.store.update_many(updates)
-
-    async def _get_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        if self.store.blocking:
-            return await asyncio.to_thread(self.store.get_many, keys)
-        return self.store.get_many(keys)
-
     def _emit(
         self, kind: EventKind, member: str | None = None, outcome: str = "", **fields: Any
     ) -> None:
@@ -148,7 +138,11 @@ class Router:
         tokens: int | None = None,
         lb_step: Callable[[policies.LBRecord], policies.LBRecord] | None = None,
     ) -> None:
-        """Apply the effects of one event in one atomic store update."""
+        """Apply the effects of one event in one atomic store update.
+
+        Counters are posted (write-behind: the request does not wait for them); an
+        update that may change a breaker is awaited, so its event can be emitted.
+        """
         updates: dict[str, Updater] = {}
         if metrics_step is not None:
             step_m = metrics_step
@@ -167,9 +161,11 @@ class Router:
             updates[lb_key(self.config.name)] = lambda raw: step_lb(
                 policies.LBRecord.from_dict(raw)
             ).to_dict()
-        if updates:
-            await self._update_many(updates)
-        self._emit_changes(member.name, breaker_update)
+        if breaker_update is not None:
+            await self.store.aupdate_many(updates)
+            self._emit_changes(member.name, breaker_update)
+        elif updates:
+            self.store.post_many(updates)
 
     # -- one request ---------------------------------------------------------------------
 
@@ -188,7 +184,7 @@ class Router:
             holder.append(start)
             return rec.to_dict()
 
-        await self._update_many({lb_key(cfg.name): start_request})
+        await self.store.aupdate_many({lb_key(cfg.name): start_request})
         start = holder[-1]
         deferred: list[int] = []  # members skipped only by the TPM rule
         opened: _Open | None = None
@@ -218,7 +214,10 @@ class Router:
         deferred: list[int],
     ) -> _Open | None:
         member = self.config.members[index]
-        admission, rec = await self._admit(member)
+        threshold = self.config.settings.tpm_threshold
+        keys = [breaker_key(member.name)] + ([tpm_key(member.name)] if threshold else [])
+        raw = await self.store.aget_many(keys)
+        admission, rec = await self._admit(member, raw.get(keys[0]))
         if admission is brk.Admission.SKIP:
             reason = (
                 "benched"
@@ -233,15 +232,16 @@ class Router:
             await self._skip(member, reason, until, trace)
             return None
         probe = admission is brk.Admission.PROBE
-        if not probe and await self._tpm_skips(member):
+        tpm = window.current_tpm(raw.get(tpm_key(member.name)), self.clock.now())
+        if not probe and window.should_skip(tpm, threshold):
             deferred.append(index)
             await self._skip(member, "tpm below threshold", None, trace, tpm=True)
             return None
         return await self._try_member(index, probe, ticket, messages, params, trace)
 
-    async def _admit(self, member: Member) -> tuple[brk.Admission, brk.BreakerRecord]:
+    async def _admit(self, member: Member, raw: Any) -> tuple[brk.Admission, brk.BreakerRecord]:
         key = breaker_key(member.name)
-        current = brk.BreakerRecord.from_dict((await self._get_many([key])).get(key))
+        current = brk.BreakerRecord.from_dict(raw)
         if current.state is brk.BreakerState.CLOSED:
             return brk.Admission.ALLOW, current  # the common case: a read, no write
         now, policy = self.clock.now(), self.breaker_policy
@@ -253,17 +253,9 @@ class Router:
             return new
 
         updater = _BreakerUpdate(step)
-        await self._update_many({key: updater})
+        await self.store.aupdate_many({key: updater})
         self._emit_changes(member.name, updater)
         return result[-1]
-
-    async def _tpm_skips(self, member: Member) -> bool:
-        threshold = self.config.settings.tpm_threshold
-        if not threshold:
-            return False
-        key = tpm_key(member.name)
-        tpm = window.current_tpm((await self._get_many([key])).get(key), self.clock.now())
-        return window.should_skip(tpm, threshold)
 
     async def _skip(
         self,
@@ -407,7 +399,7 @@ class Router:
                 r = policies.move_sticky(r, 0, ticket)  # a whole rotation failed
             return r
 
-        await self._update_many(
+        await self.store.aupdate_many(
             {lb_key(cfg.name): lambda raw: step(policies.LBRecord.from_dict(raw)).to_dict()}
         )
         self._emit(EventKind.REQUEST, None, "failure")
@@ -502,7 +494,10 @@ class Router:
                     first_chunk_ms=opened.first_chunk_ms,
                     tokens=tokens,
                 ),
-                breaker_step=lambda r: brk.on_success(r, now, policy, probe=opened.probe),
+                # Only a probe's success changes a breaker; anything else need not wait.
+                breaker_step=(lambda r: brk.on_success(r, now, policy, probe=True))
+                if opened.probe
+                else None,
                 tokens=tokens,
                 lb_step=lb_step,
             )

@@ -11,8 +11,11 @@ has to make them atomic.
 Keys: ``lb:<profile>`` (counters and indices), ``breaker:<member>``,
 ``tpm:<member>``, ``metrics:<profile>:<member>``.
 
-``blocking`` says whether calls may block (disk, network): the engine then runs
-them in a worker thread instead of on the event loop.
+The engine uses the async forms on its hot path: ``aget_many``/``aupdate_many``
+when it needs the result, ``post_many`` when it does not (metrics at the end of a
+request: write-behind).  A store must apply every operation in the order it was
+issued, so a read always sees the writes posted before it.  The synchronous forms
+serve ``stats``, ``bench`` and tests.
 """
 
 from __future__ import annotations
@@ -39,8 +42,6 @@ Updater = Callable[[Any], Any]
 class StateStore(Protocol):
     """Atomic key-value state shared by every load balancer (and, persisted, every process)."""
 
-    blocking: bool
-
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Current values of ``keys`` (missing keys are absent)."""
         ...
@@ -62,6 +63,22 @@ class StateStore(Protocol):
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key starting with ``prefix``."""
+        ...
+
+    async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """``get_many`` without blocking the event loop."""
+        ...
+
+    async def aupdate_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
+        """``update_many`` without blocking the event loop."""
+        ...
+
+    def post_many(self, updates: Mapping[str, Updater]) -> None:
+        """Queue ``update_many`` without waiting for it (applied in order, soon)."""
+        ...
+
+    def flush(self) -> None:
+        """Wait until every posted update is applied."""
         ...
 
     def close(self) -> None:

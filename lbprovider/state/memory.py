@@ -15,8 +15,6 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """A dict behind a lock. Values are deep-copied in and out so callers never share them."""
 
-    blocking = False
-
     def __init__(self) -> None:
         self._data: dict[str, Any] = {}
         # The engine calls from the event loop thread only, but hosts may call
@@ -55,6 +53,21 @@ class MemoryStore:
         with self._lock:
             for k in [k for k in self._data if k.startswith(prefix)]:
                 del self._data[k]
+
+    async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Immediate: nothing here blocks."""
+        return self.get_many(keys)
+
+    async def aupdate_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
+        """Immediate: nothing here blocks."""
+        return self.update_many(updates)
+
+    def post_many(self, updates: Mapping[str, Updater]) -> None:
+        """Applied at once (already in order)."""
+        self.update_many(updates)
+
+    def flush(self) -> None:
+        """Nothing is ever pending."""
 
     def close(self) -> None:
         """Nothing to release."""

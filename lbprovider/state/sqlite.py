@@ -1,8 +1,10 @@
 """The SQLite state store (SPEC §7), the default: ``sqlite:///PATH``, ``<home>/state.db``.
 
-One table of JSON values.  Every ``update_many`` is one ``BEGIN IMMEDIATE``
-transaction: read the current values, apply the pure updaters, write, commit —
-so several processes at once never lose a count and never see half an update.
+One table of JSON values.  Updates run inside ``BEGIN IMMEDIATE`` transactions:
+read the current values, apply the pure updaters, write, commit — so several
+processes at once never lose a count and never see half an update.  A writer
+thread applies the operations of this process in order, batching whatever is
+queued into one transaction (write-behind for posted updates; a flush on exit).
 WAL mode lets readers (``stats``) run while a writer works.  ``busy_timeout`` plus
 a bounded retry keeps "database is locked" from ever reaching the user.
 
@@ -13,15 +15,19 @@ nothing about a broken state file should stop a user from reaching a backend.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from lbprovider.state import Updater
 from lbprovider.state.memory import MemoryStore
@@ -30,28 +36,43 @@ __all__ = ["SQLiteStore"]
 
 logger = logging.getLogger("lbprovider")
 
-T = TypeVar("T")
-
 _SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 _BUSY_MS = 5000
 _LOCK_RETRIES = 20
 _CHUNK = 500  # keys per IN (...) query, below SQLite's variable limit
+_BATCH = 256  # operations per transaction at most
 
 
 def _prefix_end(prefix: str) -> str:
     return prefix + "\U0010ffff"
 
 
-class SQLiteStore:
-    """A :class:`~lbprovider.state.StateStore` in one SQLite file, shared by processes."""
+class _Op:
+    """One queued operation; ``future`` is None for a posted (write-behind) update."""
 
-    blocking = True
+    __slots__ = ("arg", "future", "kind")
+
+    def __init__(self, kind: str, arg: Any, future: Future[Any] | None) -> None:
+        self.kind = kind
+        self.arg = arg
+        self.future = future
+
+
+class SQLiteStore:
+    """A :class:`~lbprovider.state.StateStore` in one SQLite file, shared by processes.
+
+    One writer thread owns the connection and applies operations in the order they
+    were issued, several at a time in one transaction; the event loop never blocks
+    on SQLite (it awaits a future), and posted updates cost it nothing at all.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()  # one connection, used from worker threads in turn
         self._fallback: MemoryStore | None = None
         self._conn: sqlite3.Connection | None = None
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
         try:
             self._conn = self._connect()
         except (sqlite3.Error, OSError) as exc:
@@ -70,8 +91,8 @@ class SQLiteStore:
         try:
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
-            # WAL + NORMAL: a commit is durable against a process crash (what we need
-            # for counters) without an fsync per request.
+            # WAL + NORMAL: a commit survives a process crash (what counters need)
+            # without an fsync per transaction.
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(_SCHEMA)
             conn.execute("SELECT count(*) FROM kv").fetchone()  # detects a corrupt file
@@ -95,16 +116,49 @@ class SQLiteStore:
                 self._conn.close()
             self._conn = None
 
-    def _run(
-        self, op: Callable[[sqlite3.Connection], T], fallback: Callable[[MemoryStore], T]
-    ) -> T:
-        """Run ``op`` on the connection; on lock contention retry, on damage degrade."""
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _submit(self, kind: str, arg: Any, *, wait: bool) -> Future[Any]:
+        future: Future[Any] = Future()
+        if self._fallback is not None:
+            future.set_result(self._apply_memory(kind, arg))
+            return future
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._work, daemon=True, name="lbprovider-state"
+                    )
+                    self._thread.start()
+                    atexit.register(self.close)  # a flush on exit: no posted count is lost
+        self._queue.put(_Op(kind, arg, future if wait else None))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            op = self._queue.get()
+            if op is None:
+                return
+            batch = [op]
+            while len(batch) < _BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._execute(batch)
+
+    def _execute(self, batch: list[_Op]) -> None:
+        results: list[tuple[_Op, Any, BaseException | None]] = []
         for attempt in range(_LOCK_RETRIES):
-            if self._fallback is not None or self._conn is None:
+            if self._conn is None:
                 break
             try:
-                with self._lock:
-                    return op(self._conn)
+                results = self._transaction(self._conn, batch)
+                break
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
                     time.sleep(min(0.2, 0.005 * 2**attempt))
@@ -112,39 +166,107 @@ class SQLiteStore:
                 self._degrade(exc)
             except sqlite3.Error as exc:
                 self._degrade(exc)
-        if self._fallback is None:
+        else:
             self._degrade(sqlite3.OperationalError("database stayed locked"))
+        if self._conn is None:
+            results = []
+            for op in batch:
+                try:
+                    results.append((op, self._apply_memory(op.kind, op.arg), None))
+                except Exception as exc:  # an updater's own bug: report it to its caller
+                    results.append((op, None, exc))
+        for op, value, error in results:
+            if op.future is not None:
+                if error is not None:
+                    op.future.set_exception(error)
+                else:
+                    op.future.set_result(value)
+            elif error is not None:
+                logger.error("a posted state update failed: %s", error)
+
+    def _transaction(
+        self, conn: sqlite3.Connection, batch: list[_Op]
+    ) -> list[tuple[_Op, Any, BaseException | None]]:
+        writes = any(op.kind in ("update", "delete") for op in batch)
+        conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+        try:
+            out = [self._run_op(conn, op) for op in batch]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return out
+
+    @staticmethod
+    def _run_op(conn: sqlite3.Connection, op: _Op) -> tuple[_Op, Any, BaseException | None]:
+        if op.kind == "get":
+            keys: list[str] = op.arg
+            found: dict[str, Any] = {}
+            for i in range(0, len(keys), _CHUNK):
+                part = keys[i : i + _CHUNK]
+                marks = ",".join("?" * len(part))
+                rows = conn.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", part)
+                found.update((k, json.loads(v)) for k, v in rows)
+            return op, found, None
+        if op.kind == "scan":
+            rows = conn.execute(
+                "SELECT key, value FROM kv WHERE key >= ? AND key < ?",
+                (op.arg, _prefix_end(op.arg)),
+            )
+            return op, {k: json.loads(v) for k, v in rows}, None
+        if op.kind == "delete":
+            conn.execute("DELETE FROM kv WHERE key >= ? AND key < ?", (op.arg, _prefix_end(op.arg)))
+            return op, None, None
+        if op.kind == "noop":
+            return op, None, None
+        updates: Mapping[str, Updater] = op.arg
+        keys = list(updates)
+        marks = ",".join("?" * len(keys))
+        current = {
+            k: json.loads(v)
+            for k, v in conn.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", keys)
+        }
+        try:
+            new = {k: updates[k](current.get(k)) for k in keys}
+        except Exception as exc:  # nothing of this operation is written
+            return op, None, exc
+        for key, value in new.items():
+            if value is None:
+                conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
+                    (key, json.dumps(value, separators=(",", ":"))),
+                )
+        return op, new, None
+
+    def _apply_memory(self, kind: str, arg: Any) -> Any:
         assert self._fallback is not None
-        return fallback(self._fallback)
+        m = self._fallback
+        if kind == "get":
+            return m.get_many(arg)
+        if kind == "scan":
+            return m.scan(arg)
+        if kind == "delete":
+            return m.delete_prefix(arg)
+        if kind == "update":
+            return m.update_many(arg)
+        return None
 
     # -- the StateStore interface ----------------------------------------------------------
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Current values of ``keys``."""
-        wanted = list(dict.fromkeys(keys))
+        return self._submit("get", list(dict.fromkeys(keys)), wait=True).result()  # type: ignore[no-any-return]
 
-        def op(conn: sqlite3.Connection) -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for i in range(0, len(wanted), _CHUNK):
-                part = wanted[i : i + _CHUNK]
-                marks = ",".join("?" * len(part))
-                rows = conn.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", part)
-                out.update((k, json.loads(v)) for k, v in rows)
-            return out
-
-        return self._run(op, lambda m: m.get_many(wanted))
+    async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Current values of ``keys``, awaited."""
+        future = self._submit("get", list(dict.fromkeys(keys)), wait=True)
+        return await asyncio.wrap_future(future)
 
     def scan(self, prefix: str) -> dict[str, Any]:
         """Every key starting with ``prefix``."""
-
-        def op(conn: sqlite3.Connection) -> dict[str, Any]:
-            rows = conn.execute(
-                "SELECT key, value FROM kv WHERE key >= ? AND key < ?",
-                (prefix, _prefix_end(prefix)),
-            )
-            return {k: json.loads(v) for k, v in rows}
-
-        return self._run(op, lambda m: m.scan(prefix))
+        return self._submit("scan", prefix, wait=True).result()  # type: ignore[no-any-return]
 
     def update(self, key: str, fn: Updater) -> Any:
         """Atomic read-modify-write of one key."""
@@ -152,48 +274,34 @@ class SQLiteStore:
 
     def update_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
         """Atomic read-modify-write of several keys, in one IMMEDIATE transaction."""
-        keys = list(updates)
+        return self._submit("update", dict(updates), wait=True).result()  # type: ignore[no-any-return]
 
-        def op(conn: sqlite3.Connection) -> dict[str, Any]:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                marks = ",".join("?" * len(keys))
-                current = {
-                    k: json.loads(v)
-                    for k, v in conn.execute(
-                        f"SELECT key, value FROM kv WHERE key IN ({marks})", keys
-                    )
-                }
-                out: dict[str, Any] = {}
-                for key in keys:
-                    new = updates[key](current.get(key))
-                    if new is None:
-                        conn.execute("DELETE FROM kv WHERE key = ?", (key,))
-                    else:
-                        conn.execute(
-                            "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
-                            (key, json.dumps(new, separators=(",", ":"))),
-                        )
-                    out[key] = new
-                conn.execute("COMMIT")
-                return out
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+    async def aupdate_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
+        """``update_many``, awaited."""
+        future = self._submit("update", dict(updates), wait=True)
+        return await asyncio.wrap_future(future)
 
-        return self._run(op, lambda m: m.update_many(updates))
+    def post_many(self, updates: Mapping[str, Updater]) -> None:
+        """Queue ``update_many``; applied in order, in the next transaction."""
+        self._submit("update", dict(updates), wait=False)
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key starting with ``prefix``."""
+        self._submit("delete", prefix, wait=True).result()
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM kv WHERE key >= ? AND key < ?", (prefix, _prefix_end(prefix)))
-
-        self._run(op, lambda m: m.delete_prefix(prefix))
+    def flush(self) -> None:
+        """Wait until every posted update is written."""
+        if self._thread is not None and self._fallback is None:
+            self._submit("noop", None, wait=True).result()
 
     def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        """Flush, stop the writer thread, close the file (idempotent)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_Op("noop", None, None))
+            self._queue.put(None)
+            thread.join()
+            atexit.unregister(self.close)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
