@@ -50,8 +50,9 @@ class StubTransport:
     async def warm_up(self) -> None:
         """Nothing to warm."""
 
-    async def stream(self, member: Member, messages: Sequence[Mapping[str, Any]],
-                     params: Mapping[str, Any]) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+    ) -> AsyncIterator[Chunk]:
         """Yield a tiny answer."""
         for text in ("Hello", " from", " the", " stub."):
             yield Chunk(text=text, backend=member.name, model=member.litellm_model)
@@ -60,11 +61,20 @@ class StubTransport:
 
 def config(urls: Sequence[str]) -> LoadBalancerConfig:
     """A round-robin LB over the given base URLs."""
-    members = tuple(Member(name=f"m{i}", provider="openai", model="bench", api_base=u,
-                           api_key=SecretStr("sk-bench-not-a-key"), model_params={})
-                    for i, u in enumerate(urls))
-    return LoadBalancerConfig(name="bench", policy=Policy.ROUNDROBIN, members=members,
-                              settings=SETTINGS, model_params={})
+    members = tuple(
+        Member(
+            name=f"m{i}",
+            provider="openai",
+            model="bench",
+            api_base=u,
+            api_key=SecretStr("sk-bench-not-a-key"),
+            model_params={},
+        )
+        for i, u in enumerate(urls)
+    )
+    return LoadBalancerConfig(
+        name="bench", policy=Policy.ROUNDROBIN, members=members, settings=SETTINGS, model_params={}
+    )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -72,8 +82,9 @@ def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(p) - 1]
 
 
-async def measure(lbs: dict[str, LoadBalancingProvider], requests: int,
-                  concurrency: int) -> dict[str, list[float]]:
+async def measure(
+    lbs: dict[str, LoadBalancingProvider], requests: int, concurrency: int
+) -> dict[str, list[float]]:
     """Per-request wall time (ms) for each provider, alternating between them."""
     times: dict[str, list[float]] = {k: [] for k in lbs}
 
@@ -103,11 +114,15 @@ async def main(requests: int, e2e: int) -> dict[str, Any]:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        stores: dict[str, StateStore] = {"memory": MemoryStore(),
-                                         "sqlite": SQLiteStore(Path(tmp) / "state.db")}
+        stores: dict[str, StateStore] = {
+            "memory": MemoryStore(),
+            "sqlite": SQLiteStore(Path(tmp) / "state.db"),
+        }
         stub = config(["http://127.0.0.1:9/v1"] * 3)
-        lbs = {k: LoadBalancingProvider(stub, store=s, transport=StubTransport())
-               for k, s in stores.items()}
+        lbs = {
+            k: LoadBalancingProvider(stub, store=s, transport=StubTransport())
+            for k, s in stores.items()
+        }
         await measure(lbs, 50, 1)  # warm both paths
         results["engine_sequential"] = summarise(await measure(lbs, requests, 1))
         results["engine_concurrent8"] = summarise(await measure(lbs, requests, 8))
@@ -115,7 +130,9 @@ async def main(requests: int, e2e: int) -> dict[str, Any]:
             async with serve("chunks=4") as a, serve("chunks=4") as b, serve("chunks=4") as c:
                 real = config([a.url, b.url, c.url])
                 stores2: dict[str, StateStore] = {
-                    "memory": MemoryStore(), "sqlite": SQLiteStore(Path(tmp) / "e2e.db")}
+                    "memory": MemoryStore(),
+                    "sqlite": SQLiteStore(Path(tmp) / "e2e.db"),
+                }
                 lbs2 = {k: LoadBalancingProvider(real, store=s) for k, s in stores2.items()}
                 await measure(lbs2, 20, 1)
                 results["end_to_end_sequential"] = summarise(await measure(lbs2, e2e, 1))
@@ -126,14 +143,18 @@ async def main(requests: int, e2e: int) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     """A markdown table of the results."""
-    rows = ["| measurement | memory p50 | sqlite p50 | added p50 | memory p99 | sqlite p99 | "
-            "added p99 | requests |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| measurement | memory p50 | sqlite p50 | added p50 | memory p99 | sqlite p99 | "
+        "added p99 | requests |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         rows.append(
             f"| {name} | {r['memory']['p50_ms']:.3f} ms | {r['sqlite']['p50_ms']:.3f} ms | "
             f"**{r['added_p50_ms']:.3f} ms** | {r['memory']['p99_ms']:.3f} ms | "
             f"{r['sqlite']['p99_ms']:.3f} ms | {r['added_p99_ms']:.3f} ms | "
-            f"{r['sqlite']['n']} each |")
+            f"{r['sqlite']['n']} each |"
+        )
     return "\n".join(rows)
 
 
