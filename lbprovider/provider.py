@@ -114,19 +114,18 @@ class LoadBalancingProvider:
         """The load-balancer profile's name."""
         return self.config.name
 
-    async def stream(
+    def stream(
         self, messages: Sequence[Mapping[str, Any]], **kwargs: Any
     ) -> AsyncGenerator[Chunk, None]:
         """Stream an answer as chunks (``chunk.text``, ``chunk.tool_calls``, ``chunk.backend``).
 
-        Keyword arguments (temperature, max_tokens, tools, ...) go to the backend.
-        Stopping early, or cancelling, closes the upstream stream.
+        Use as ``async for chunk in lb.stream(messages, temperature=0.2)``. Keyword
+        arguments (temperature, max_tokens, tools, ...) go to the backend. Cancelling,
+        or closing the generator (``aclose()``, ``contextlib.aclosing``), closes the
+        upstream stream. (The router's generator is returned as is: one layer less
+        per chunk.)
         """
-        async with contextlib.aclosing(
-            self._router.route(messages, kwargs, RequestTrace())
-        ) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        return self._router.route(messages, kwargs, RequestTrace())
 
     async def complete(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Result:
         """The whole answer, with the serving backend, attempts and usage."""

@@ -175,17 +175,8 @@ class Router:
         """Serve one request: yield the chunks of the first member that can serve it."""
         # Warm-up (litellm import, client) happens before any first-chunk clock starts.
         await self.transport.warm_up()
-        cfg = self.config
-        n = len(cfg.members)
-        holder: list[policies.Start] = []
-
-        def start_request(raw: Any) -> Any:
-            start, rec = policies.begin(policies.LBRecord.from_dict(raw), cfg.policy, n)
-            holder.append(start)
-            return rec.to_dict()
-
-        await self.store.aupdate_many({lb_key(cfg.name): start_request})
-        start = holder[-1]
+        n = len(self.config.members)
+        start = await self.start()
         deferred: list[int] = []  # members skipped only by the TPM rule
         opened: _Open | None = None
         for index in policies.candidates(start.index, n):
@@ -204,6 +195,37 @@ class Router:
         async for chunk in self._serve(opened, start.ticket, messages, trace):
             yield chunk
 
+    async def start(self) -> policies.Start:
+        """Selection, step 1: this request's ticket and start index (one atomic update)."""
+        cfg = self.config
+        holder: list[policies.Start] = []
+
+        def start_request(raw: Any) -> Any:
+            start, rec = policies.begin(
+                policies.LBRecord.from_dict(raw), cfg.policy, len(cfg.members)
+            )
+            holder.append(start)
+            return rec.to_dict()
+
+        await self.store.aupdate_many({lb_key(cfg.name): start_request})
+        return holder[-1]
+
+    async def admission(self, member: Member) -> tuple[brk.Admission, brk.BreakerRecord, bool]:
+        """Selection, step 2: may ``member`` be tried? (breaker admission, TPM rule).
+
+        Returns the admission, the breaker record it was decided on, and whether the
+        TPM rule skips the member (never for the half-open probe).
+        """
+        threshold = self.config.settings.tpm_threshold
+        keys = [breaker_key(member.name)] + ([tpm_key(member.name)] if threshold else [])
+        raw = await self.store.aget_many(keys)
+        admission, rec = await self._admit(member, raw.get(keys[0]))
+        tpm_skip = False
+        if admission is brk.Admission.ALLOW and threshold:
+            tpm = window.current_tpm(raw.get(keys[1]), self.clock.now())
+            tpm_skip = window.should_skip(tpm, threshold)
+        return admission, rec, tpm_skip
+
     async def _consider(
         self,
         index: int,
@@ -214,10 +236,7 @@ class Router:
         deferred: list[int],
     ) -> _Open | None:
         member = self.config.members[index]
-        threshold = self.config.settings.tpm_threshold
-        keys = [breaker_key(member.name)] + ([tpm_key(member.name)] if threshold else [])
-        raw = await self.store.aget_many(keys)
-        admission, rec = await self._admit(member, raw.get(keys[0]))
+        admission, rec, tpm_skip = await self.admission(member)
         if admission is brk.Admission.SKIP:
             reason = (
                 "benched"
@@ -232,8 +251,7 @@ class Router:
             await self._skip(member, reason, until, trace)
             return None
         probe = admission is brk.Admission.PROBE
-        tpm = window.current_tpm(raw.get(tpm_key(member.name)), self.clock.now())
-        if not probe and window.should_skip(tpm, threshold):
+        if tpm_skip:
             deferred.append(index)
             await self._skip(member, "tpm below threshold", None, trace, tpm=True)
             return None
@@ -432,13 +450,16 @@ class Router:
         outcome = stats.Outcome.SUCCESS
         error: BackendError | None = None
         try:
-            chunk = opened.first
-            while chunk is not None:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                text.append(chunk.text)
-                yield chunk
-                chunk = await anext(opened.rest, None)
+            if opened.first is not None:
+                usage = opened.first.usage
+                text.append(opened.first.text)
+                yield opened.first
+                # After the first chunk nothing is timed: read the source directly.
+                async for chunk in opened.rest.source:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    text.append(chunk.text)
+                    yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             raise  # the caller stopped: the backend did serve, so it still counts a success
         except Exception as exc:

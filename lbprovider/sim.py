@@ -129,6 +129,7 @@ class SimServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/chat/completions", self._handle)
+        app.router.add_get("/sim/stats", self._stats)
         # Cancel a handler when its client goes away: a stalled backend must notice
         # that the caller gave up (tests assert the upstream was closed).
         self._runner = web.AppRunner(
@@ -208,6 +209,16 @@ class SimServer:
         setattr(self._c, counter, getattr(self._c, counter) + 1)
         async with self._changed:
             self._changed.notify_all()
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        """Counters, for observers in another process (benchmarks)."""
+        return web.json_response(
+            {
+                "hits": self._c.hits,
+                "completed": self._c.completed,
+                "disconnects": self._c.disconnects,
+            }
+        )
 
     # -- the endpoint --------------------------------------------------------------------
 

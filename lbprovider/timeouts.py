@@ -41,6 +41,11 @@ class FirstChunkTimeout(AsyncIterator[T], Generic[T]):
     def __aiter__(self) -> FirstChunkTimeout[T]:
         return self
 
+    @property
+    def source(self) -> AsyncIterator[T]:
+        """The wrapped iterator: after the first item, read it directly (nothing is timed)."""
+        return self._source
+
     async def __anext__(self) -> T:
         if self._started or not self._timeout_s:
             self._started = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import urllib.request
@@ -312,3 +313,16 @@ def test_sim_command_serves() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_stats_endpoint() -> None:
+    """GET /sim/stats reports the counters to another process."""
+    async with serve() as s:
+        await call(s, stream=False)
+
+        def fetch() -> bytes:
+            with urllib.request.urlopen(f"http://127.0.0.1:{s.port}/sim/stats", timeout=5) as r:
+                return bytes(r.read())
+
+        assert json.loads(await asyncio.to_thread(fetch)) == {
+            "hits": 1, "completed": 1, "disconnects": 0}

@@ -13,7 +13,13 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """A dict behind a lock. Values are deep-copied in and out so callers never share them."""
+    """A dict behind a lock.
+
+    Updaters are pure (they build new values and never mutate their input), so the
+    engine's path shares stored values without copying; the synchronous reads
+    (``get_many``, ``scan``) hand out deep copies, since other callers may mutate them.
+    Copying on every request cost about 1 ms of CPU (metrics carry latency samples).
+    """
 
     def __init__(self) -> None:
         self._data: dict[str, Any] = {}
@@ -36,16 +42,16 @@ class MemoryStore:
         return self.update_many({key: fn})[key]
 
     def update_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
-        """Atomic read-modify-write of several keys."""
+        """Atomic read-modify-write of several keys (the new values are shared: read only)."""
         out: dict[str, Any] = {}
         with self._lock:
             for key, fn in updates.items():
-                new = fn(copy.deepcopy(self._data.get(key)))
+                new = fn(self._data.get(key))
                 if new is None:
                     self._data.pop(key, None)
                 else:
                     self._data[key] = new
-                out[key] = copy.deepcopy(new)
+                out[key] = new
         return out
 
     def delete_prefix(self, prefix: str) -> None:
@@ -55,8 +61,9 @@ class MemoryStore:
                 del self._data[k]
 
     async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Immediate: nothing here blocks."""
-        return self.get_many(keys)
+        """Immediate, and shared (the engine only reads what it gets)."""
+        with self._lock:
+            return {k: self._data[k] for k in keys if k in self._data}
 
     async def aupdate_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
         """Immediate: nothing here blocks."""

@@ -1,0 +1,427 @@
+"""lbprovider against its peers, in one run: a direct litellm call (the limit), our
+``LoadBalancingProvider``, and ``litellm.Router`` configured as close to ours as it allows.
+
+    .venv/bin/pip install -e '.[bench]' && .venv/bin/python benchmarks/compare.py [--quick]
+
+Backends are ``lbprovider sim`` processes on 127.0.0.1, started fresh for every
+(scenario, system) run so each system meets the same seeded faults, and kept out of
+the measured process's CPU accounting.  Each system runs in its own subprocess, so its
+peak memory is its own.  Writes ``benchmarks/results/compare.json``,
+``docs/benchmarks.md`` and ``docs/benchmarks.png``.  Nothing here is a test: these are
+figures, measured as ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+KEY = "sk-bench-not-a-real-key"
+MESSAGES = [{"role": "user", "content": "Write a short answer."}]
+HEALTHY = "chunks=20,chunk_delay=0.01,prompt_tokens=20,completion_tokens=20"
+TIMEOUT_MS = 1000  # our first-chunk timeout; Router's stream_timeout gets the same
+
+# name: (faulty member behaviour or None, concurrency, requests)
+SCENARIOS: dict[str, tuple[str | None, int, int]] = {
+    "healthy, sequential": (None, 1, 100),
+    "healthy, concurrency 32": (None, 32, 320),
+    "one member refuses connections": ("refused", 8, 120),
+    "one member 503 half the time": (f"flaky=0.5,seed=7,{HEALTHY}", 8, 120),
+    "one member stalls its first chunk 10 s": (f"stall_first_chunk=10,{HEALTHY}", 8, 120),
+    "one member 429 + Retry-After: 1": (f"status=429,retry_after=1,{HEALTHY}", 8, 120),
+}
+SYSTEMS = ("direct", "lbprovider", "router")
+RUN_DEADLINE_S = 150.0  # a run stops starting requests after this
+REQUEST_CAP_S = 60.0  # one request is abandoned (a failure) after this
+
+
+# -- backends ---------------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_backends(stack: ExitStack, faulty: str | None) -> list[str]:
+    """Three backends (member 0 gets the fault); returns their base URLs."""
+    urls = []
+    for i in range(3):
+        spec = faulty if (i == 0 and faulty) else HEALTHY
+        if spec == "refused":
+            urls.append(f"http://127.0.0.1:{closed_port()}/v1")
+            continue
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lbprovider.cli", "sim", "--behavior", spec, "--for", "900"],
+            stdout=subprocess.PIPE, text=True)
+        stack.callback(proc.wait, 10)
+        stack.callback(proc.terminate)
+        assert proc.stdout is not None
+        urls.append(proc.stdout.readline().split()[3])
+    return urls
+
+
+def hits(urls: list[str]) -> int:
+    """Requests the backends received so far (refused ones count none)."""
+    total = 0
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url.removesuffix("/v1") + "/sim/stats", timeout=5) as r:
+                total += json.loads(r.read())["hits"]
+        except OSError:
+            pass
+    return total
+
+
+# -- one system, in its own process ----------------------------------------------------------
+
+
+def lb_config(urls: list[str], name: str = "bench") -> Any:
+    """Round-robin over the members, breakers on, a first-chunk timeout."""
+    from pydantic import SecretStr
+
+    from lbprovider.profiles import LoadBalancerConfig, Member, Policy
+    from lbprovider.settings import LBSettings
+
+    members = tuple(Member(name=f"m{i}", provider="openai", model="bench", api_base=u,
+                           api_key=SecretStr(KEY), model_params={}) for i, u in enumerate(urls))
+    settings = LBSettings(circuit_breaker_enabled=True, circuit_breaker_failure_threshold=3,
+                          circuit_breaker_recovery_timeout_ms=30_000, timeout_ms=TIMEOUT_MS,
+                          failover_retry_count=2)
+    return LoadBalancerConfig(name=name, policy=Policy.ROUNDROBIN, members=members,
+                              settings=settings, model_params={})
+
+
+def router_for(urls: list[str]) -> Any:
+    """litellm.Router, as close to our settings as it goes (see the report's notes)."""
+    from litellm import Router
+
+    return Router(
+        model_list=[{"model_name": "bench", "litellm_params": {
+            "model": "openai/bench", "api_base": u, "api_key": KEY,
+            "stream_timeout": TIMEOUT_MS / 1000, "max_retries": 0}} for u in urls],
+        routing_strategy="simple-shuffle",
+        num_retries=2,  # our failover_retry_count
+        retry_after=0,  # our failover_retry_delay_ms
+        allowed_fails=3,  # our circuit_breaker_failure_threshold
+        cooldown_time=30,  # our circuit_breaker_recovery_timeout_ms
+        timeout=REQUEST_CAP_S,
+    )
+
+
+async def run_system(system: str, urls: list[str], concurrency: int, requests: int) -> dict[str, Any]:
+    """Send the workload through one system; per-request latency, TTFC, CPU, memory."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    random.seed(1234)
+    kwargs = {"stream": True, "stream_options": {"include_usage": True}}
+    healthy = urls[1]
+
+    async def direct() -> Any:
+        return await litellm.acompletion(model="openai/bench", messages=MESSAGES,
+                                         api_base=healthy, api_key=KEY, max_retries=0,
+                                         **kwargs)
+
+    async def drain(stream: Any) -> None:
+        async for _ in stream:
+            pass
+
+    # Warm each system's one-time costs (imports, clients, first-call set-up) with one
+    # request through it over the healthy member only, outside the measured window.
+    await drain(await direct())
+    if system == "lbprovider":
+        from lbprovider.provider import LoadBalancingProvider
+        from lbprovider.state.memory import MemoryStore
+
+        await drain(LoadBalancingProvider(lb_config([healthy], name="warm"),
+                                          store=MemoryStore()).stream(MESSAGES))
+        lb = LoadBalancingProvider(lb_config(urls), store=MemoryStore())
+
+        async def chunks() -> Any:
+            async for chunk in lb.stream(MESSAGES):
+                yield chunk.text
+    else:
+        if system == "router":
+            warm = router_for([healthy])
+            await drain(await warm.acompletion(model="bench", messages=MESSAGES, **kwargs))
+        router = router_for(urls) if system == "router" else None
+
+        async def chunks() -> Any:
+            if router is not None:
+                response = await router.acompletion(model="bench", messages=MESSAGES, **kwargs)
+            else:
+                response = await direct()
+            async for chunk in response:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+
+    latencies: list[float] = []
+    ttfcs: list[float] = []
+    errors: dict[str, int] = {}
+    chunk_count = 0
+    gate = asyncio.Semaphore(concurrency)
+    deadline = time.monotonic() + RUN_DEADLINE_S
+    not_run = 0
+
+    async def one() -> None:
+        nonlocal chunk_count, not_run
+        async with gate:
+            if time.monotonic() > deadline:
+                not_run += 1
+                return
+            start = time.perf_counter()
+            first = None
+            try:
+                async with asyncio.timeout(REQUEST_CAP_S):
+                    async for text in chunks():
+                        if text:
+                            chunk_count += 1
+                            if first is None:
+                                first = time.perf_counter() - start
+            except Exception as exc:  # a failed request is a result, not a crash
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                return
+            if first is None:
+                errors["EmptyAnswer"] = errors.get("EmptyAnswer", 0) + 1
+                return
+            latencies.append(time.perf_counter() - start)
+            ttfcs.append(first)
+
+    hits0 = await asyncio.to_thread(hits, urls)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(requests)))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    used = await asyncio.to_thread(hits, urls) - hits0
+    return {"system": system, "requests": requests, "succeeded": len(latencies),
+            "not_run": not_run, "errors": errors, "wall_s": wall, "cpu_s": cpu,
+            "chunks": chunk_count, "latencies": latencies, "ttfcs": ttfcs, "hits": used,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_in_subprocess(system: str, urls: list[str], concurrency: int,
+                      requests: int) -> dict[str, Any]:
+    """One system's run in a fresh interpreter."""
+    arg = json.dumps({"system": system, "urls": urls, "concurrency": concurrency,
+                      "requests": requests})
+    proc = subprocess.run([sys.executable, __file__, "--run-one", arg], capture_output=True,
+                          text=True, timeout=RUN_DEADLINE_S + REQUEST_CAP_S + 120, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{system} run failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# -- selection cost (no HTTP) ---------------------------------------------------------------
+
+
+async def selection_cost(sizes: tuple[int, ...], rounds: int) -> dict[str, dict[int, float]]:
+    """Microseconds per selection as the member count grows, both routers, in-process."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from lbprovider.clock import SystemClock, real_sleep
+    from lbprovider.routing import Router
+    from lbprovider.state.memory import MemoryStore
+    from lbprovider.transport import LiteLLMTransport
+
+    out: dict[str, dict[int, float]] = {"lbprovider": {}, "router": {}}
+    for n in sizes:
+        urls = [f"http://127.0.0.1:{9000 + i}/v1" for i in range(n)]
+        ours = Router(lb_config(urls, name=f"sel{n}"), store=MemoryStore(),
+                      transport=LiteLLMTransport(), clock=SystemClock(), sleep=real_sleep)
+        for _ in range(50):
+            start = await ours.start()
+            await ours.admission(ours.config.members[start.index])
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            start = await ours.start()
+            await ours.admission(ours.config.members[start.index])
+        out["lbprovider"][n] = (time.perf_counter() - t0) / rounds * 1e6
+
+        theirs = router_for(urls)
+        for _ in range(50):
+            await theirs.async_get_available_deployment(model="bench", request_kwargs={})
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            await theirs.async_get_available_deployment(model="bench", request_kwargs={})
+        out["router"][n] = (time.perf_counter() - t0) / rounds * 1e6
+    return out
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def pct(values: list[float], p: float) -> float | None:
+    """The p-th percentile (inclusive), or None without data."""
+    if len(values) < 2:
+        return values[0] if values else None
+    return statistics.quantiles(values, n=100, method="inclusive")[round(p) - 1]
+
+
+def summarise(run: dict[str, Any]) -> dict[str, Any]:
+    """The figures the report shows for one run."""
+    ok = run["succeeded"]
+    return {
+        "system": run["system"], "requests": run["requests"], "succeeded": ok,
+        "success_rate": ok / run["requests"], "errors": run["errors"], "not_run": run["not_run"],
+        "p50_ms": _ms(pct(run["latencies"], 50)), "p95_ms": _ms(pct(run["latencies"], 95)),
+        "p99_ms": _ms(pct(run["latencies"], 99)),
+        "ttfc_p50_ms": _ms(pct(run["ttfcs"], 50)), "ttfc_p95_ms": _ms(pct(run["ttfcs"], 95)),
+        "ttfc_p99_ms": _ms(pct(run["ttfcs"], 99)),
+        "req_per_s": ok / run["wall_s"] if run["wall_s"] else 0.0,
+        "chunks_per_s": run["chunks"] / run["wall_s"] if run["wall_s"] else 0.0,
+        "cpu_ms_per_req": run["cpu_s"] / max(ok, 1) * 1000,
+        "peak_rss_mb": run["peak_rss_mb"], "backend_hits": run["hits"],
+        "wasted_hits": run["hits"] - ok,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """docs/benchmarks.md."""
+    lines = [
+        "# Benchmarks: lbprovider, litellm Router, and a direct call",
+        "",
+        "Generated by `.venv/bin/python benchmarks/compare.py` "
+        f"({results['meta']['date']}, {results['meta']['machine']}). Figures from one run;",
+        "ratios are what to compare. Backends are `lbprovider sim` processes on loopback",
+        f"streaming 20 chunks 10 ms apart (`{HEALTHY}`); member 0 carries the fault.",
+        "lbprovider: round-robin, retry count 2, breakers (3 failures, 30 s), first-chunk",
+        f"timeout {TIMEOUT_MS} ms, `memory://` state. Router: simple-shuffle, `num_retries=2`,",
+        f"`allowed_fails=3`, `cooldown_time=30`, `stream_timeout={TIMEOUT_MS / 1000:g}`. direct: ",
+        "`litellm.acompletion` to one healthy member (the limit).",
+        "",
+        "![p99 time to first chunk and success rate](benchmarks.png)",
+        "",
+    ]
+    for scenario, runs in results["scenarios"].items():
+        lines += [f"## {scenario}", "",
+                  "| system | success | p50 / p95 / p99 ms | TTFC p50 / p95 / p99 ms | req/s | "
+                  "chunks/s | CPU ms/req | peak RSS MB | backend hits (wasted) | errors |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in runs:
+            errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "-"
+            if r["not_run"]:
+                errors += f"; {r['not_run']} not run (time bound)"
+            lines.append(
+                f"| {r['system']} | {r['success_rate'] * 100:.1f}% | {_f(r['p50_ms'])} / "
+                f"{_f(r['p95_ms'])} / {_f(r['p99_ms'])} | {_f(r['ttfc_p50_ms'])} / "
+                f"{_f(r['ttfc_p95_ms'])} / {_f(r['ttfc_p99_ms'])} | {r['req_per_s']:.1f} | "
+                f"{r['chunks_per_s']:.0f} | {r['cpu_ms_per_req']:.2f} | {r['peak_rss_mb']:.0f} | "
+                f"{r['backend_hits']} ({r['wasted_hits']}) | {errors} |")
+        lines.append("")
+    sel = results["selection_us"]
+    lines += ["## Selection cost (no HTTP)", "",
+              "Microseconds per selection. lbprovider: `Router.start()` + `Router.admission()` "
+              "(ticket and start index, breaker and TPM check, `memory://`). litellm Router: "
+              "`async_get_available_deployment` (simple-shuffle).", "",
+              "| members | " + " | ".join(str(n) for n in sel["lbprovider"]) + " |",
+              "|---|" + "---|" * len(sel["lbprovider"])]
+    for system, row in sel.items():
+        lines.append(f"| {system} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |")
+    lines += ["", results.get("notes", ""), ""]
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> bool:
+    """docs/benchmarks.png (needs matplotlib: the `bench` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    scenarios = list(results["scenarios"])
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 8))
+    width = 0.27
+    for i, system in enumerate(SYSTEMS):
+        runs = [next(r for r in results["scenarios"][s] if r["system"] == system)
+                for s in scenarios]
+        xs = [x + (i - 1) * width for x in range(len(scenarios))]
+        ax1.bar(xs, [r["ttfc_p99_ms"] or 0 for r in runs], width, label=system)
+        ax2.bar(xs, [r["success_rate"] * 100 for r in runs], width, label=system)
+    labels = [s.replace("one member ", "").replace(", ", "\n") for s in scenarios]
+    for ax, title in ((ax1, "p99 time to first chunk (ms, log scale)"),
+                      (ax2, "success rate (%)")):
+        ax.set_xticks(range(len(scenarios)), labels, fontsize=8)
+        ax.set_title(title)
+        ax.legend()
+    ax1.set_yscale("log")
+    ax2.set_ylim(0, 105)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main(quick: bool) -> None:
+    """Every scenario x system, then selection cost; writes the reports."""
+    import platform
+
+    results: dict[str, Any] = {"meta": {"date": time.strftime("%Y-%m-%d"),
+                                        "machine": f"{os.cpu_count()} cores, "
+                                                   f"Python {platform.python_version()}"},
+                               "scenarios": {}}
+    for scenario, (faulty, concurrency, requests) in SCENARIOS.items():
+        if quick:
+            requests = max(concurrency * 2, requests // 4)
+        runs = []
+        for system in SYSTEMS:
+            with ExitStack() as stack:
+                urls = start_backends(stack, faulty)
+                run = run_in_subprocess(system, urls, concurrency, requests)
+            runs.append(summarise(run))
+            print(f"{scenario:42} {system:10} success {runs[-1]['success_rate']:.0%} "
+                  f"p99 {_f(runs[-1]['p99_ms'])} ms  TTFC p99 {_f(runs[-1]['ttfc_p99_ms'])} ms"
+                  f"  CPU {runs[-1]['cpu_ms_per_req']:.2f} ms/req  hits {run['hits']}", flush=True)
+        results["scenarios"][scenario] = runs
+    sizes = (3, 30, 300, 1000)
+    results["selection_us"] = {k: {str(n): v for n, v in row.items()} for k, row in
+                               asyncio.run(selection_cost(sizes, 500 if quick else 2000)).items()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "compare.json").write_text(json.dumps(results, indent=2))
+    notes = ROOT / "benchmarks" / "notes.md"
+    results["notes"] = notes.read_text() if notes.exists() else ""
+    has_chart = chart(results, ROOT / "docs" / "benchmarks.png")
+    text = markdown(results)
+    if not has_chart:
+        text = text.replace("![p99 time to first chunk and success rate](benchmarks.png)",
+                            "(install the `bench` extra for the chart)")
+    (ROOT / "docs" / "benchmarks.md").write_text(text)
+    print(f"wrote {RESULTS / 'compare.json'} and docs/benchmarks.md")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="lbprovider vs litellm Router vs direct")
+    parser.add_argument("--quick", action="store_true", help="a quarter of the requests")
+    parser.add_argument("--run-one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_one:
+        spec = json.loads(args.run_one)
+        print(json.dumps(asyncio.run(run_system(spec["system"], spec["urls"],
+                                                spec["concurrency"], spec["requests"]))))
+    else:
+        main(args.quick)
