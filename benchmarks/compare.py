@@ -70,7 +70,9 @@ def start_backends(stack: ExitStack, faulty: str | None) -> list[str]:
             continue
         proc = subprocess.Popen(
             [sys.executable, "-m", "lbprovider.cli", "sim", "--behavior", spec, "--for", "900"],
-            stdout=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         stack.callback(proc.wait, 10)
         stack.callback(proc.terminate)
         assert proc.stdout is not None
@@ -100,13 +102,27 @@ def lb_config(urls: list[str], name: str = "bench") -> Any:
     from lbprovider.profiles import LoadBalancerConfig, Member, Policy
     from lbprovider.settings import LBSettings
 
-    members = tuple(Member(name=f"m{i}", provider="openai", model="bench", api_base=u,
-                           api_key=SecretStr(KEY), model_params={}) for i, u in enumerate(urls))
-    settings = LBSettings(circuit_breaker_enabled=True, circuit_breaker_failure_threshold=3,
-                          circuit_breaker_recovery_timeout_ms=30_000, timeout_ms=TIMEOUT_MS,
-                          failover_retry_count=2)
-    return LoadBalancerConfig(name=name, policy=Policy.ROUNDROBIN, members=members,
-                              settings=settings, model_params={})
+    members = tuple(
+        Member(
+            name=f"m{i}",
+            provider="openai",
+            model="bench",
+            api_base=u,
+            api_key=SecretStr(KEY),
+            model_params={},
+        )
+        for i, u in enumerate(urls)
+    )
+    settings = LBSettings(
+        circuit_breaker_enabled=True,
+        circuit_breaker_failure_threshold=3,
+        circuit_breaker_recovery_timeout_ms=30_000,
+        timeout_ms=TIMEOUT_MS,
+        failover_retry_count=2,
+    )
+    return LoadBalancerConfig(
+        name=name, policy=Policy.ROUNDROBIN, members=members, settings=settings, model_params={}
+    )
 
 
 def router_for(urls: list[str]) -> Any:
@@ -114,9 +130,19 @@ def router_for(urls: list[str]) -> Any:
     from litellm import Router
 
     return Router(
-        model_list=[{"model_name": "bench", "litellm_params": {
-            "model": "openai/bench", "api_base": u, "api_key": KEY,
-            "stream_timeout": TIMEOUT_MS / 1000, "max_retries": 0}} for u in urls],
+        model_list=[
+            {
+                "model_name": "bench",
+                "litellm_params": {
+                    "model": "openai/bench",
+                    "api_base": u,
+                    "api_key": KEY,
+                    "stream_timeout": TIMEOUT_MS / 1000,
+                    "max_retries": 0,
+                },
+            }
+            for u in urls
+        ],
         routing_strategy="simple-shuffle",
         num_retries=2,  # our failover_retry_count
         retry_after=0,  # our failover_retry_delay_ms
@@ -126,7 +152,9 @@ def router_for(urls: list[str]) -> Any:
     )
 
 
-async def run_system(system: str, urls: list[str], concurrency: int, requests: int) -> dict[str, Any]:
+async def run_system(
+    system: str, urls: list[str], concurrency: int, requests: int
+) -> dict[str, Any]:
     """Send the workload through one system; per-request latency, TTFC, CPU, memory."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
@@ -137,9 +165,14 @@ async def run_system(system: str, urls: list[str], concurrency: int, requests: i
     healthy = urls[1]
 
     async def direct() -> Any:
-        return await litellm.acompletion(model="openai/bench", messages=MESSAGES,
-                                         api_base=healthy, api_key=KEY, max_retries=0,
-                                         **kwargs)
+        return await litellm.acompletion(
+            model="openai/bench",
+            messages=MESSAGES,
+            api_base=healthy,
+            api_key=KEY,
+            max_retries=0,
+            **kwargs,
+        )
 
     async def drain(stream: Any) -> None:
         async for _ in stream:
@@ -152,8 +185,11 @@ async def run_system(system: str, urls: list[str], concurrency: int, requests: i
         from lbprovider.provider import LoadBalancingProvider
         from lbprovider.state.memory import MemoryStore
 
-        await drain(LoadBalancingProvider(lb_config([healthy], name="warm"),
-                                          store=MemoryStore()).stream(MESSAGES))
+        await drain(
+            LoadBalancingProvider(lb_config([healthy], name="warm"), store=MemoryStore()).stream(
+                MESSAGES
+            )
+        )
         lb = LoadBalancingProvider(lb_config(urls), store=MemoryStore())
 
         async def chunks() -> Any:
@@ -211,19 +247,36 @@ async def run_system(system: str, urls: list[str], concurrency: int, requests: i
     await asyncio.gather(*(one() for _ in range(requests)))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     used = await asyncio.to_thread(hits, urls) - hits0
-    return {"system": system, "requests": requests, "succeeded": len(latencies),
-            "not_run": not_run, "errors": errors, "wall_s": wall, "cpu_s": cpu,
-            "chunks": chunk_count, "latencies": latencies, "ttfcs": ttfcs, "hits": used,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "system": system,
+        "requests": requests,
+        "succeeded": len(latencies),
+        "not_run": not_run,
+        "errors": errors,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "chunks": chunk_count,
+        "latencies": latencies,
+        "ttfcs": ttfcs,
+        "hits": used,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
-def run_in_subprocess(system: str, urls: list[str], concurrency: int,
-                      requests: int) -> dict[str, Any]:
+def run_in_subprocess(
+    system: str, urls: list[str], concurrency: int, requests: int
+) -> dict[str, Any]:
     """One system's run in a fresh interpreter."""
-    arg = json.dumps({"system": system, "urls": urls, "concurrency": concurrency,
-                      "requests": requests})
-    proc = subprocess.run([sys.executable, __file__, "--run-one", arg], capture_output=True,
-                          text=True, timeout=RUN_DEADLINE_S + REQUEST_CAP_S + 120, check=False)
+    arg = json.dumps(
+        {"system": system, "urls": urls, "concurrency": concurrency, "requests": requests}
+    )
+    proc = subprocess.run(
+        [sys.executable, __file__, "--run-one", arg],
+        capture_output=True,
+        text=True,
+        timeout=RUN_DEADLINE_S + REQUEST_CAP_S + 120,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{system} run failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.splitlines()[-1])  # type: ignore[no-any-return]
@@ -243,8 +296,13 @@ async def selection_cost(sizes: tuple[int, ...], rounds: int) -> dict[str, dict[
     out: dict[str, dict[int, float]] = {"lbprovider": {}, "router": {}}
     for n in sizes:
         urls = [f"http://127.0.0.1:{9000 + i}/v1" for i in range(n)]
-        ours = Router(lb_config(urls, name=f"sel{n}"), store=MemoryStore(),
-                      transport=LiteLLMTransport(), clock=SystemClock(), sleep=real_sleep)
+        ours = Router(
+            lb_config(urls, name=f"sel{n}"),
+            store=MemoryStore(),
+            transport=LiteLLMTransport(),
+            clock=SystemClock(),
+            sleep=real_sleep,
+        )
         for _ in range(50):
             start = await ours.start()
             await ours.admission(ours.config.members[start.index])
@@ -278,16 +336,23 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
     """The figures the report shows for one run."""
     ok = run["succeeded"]
     return {
-        "system": run["system"], "requests": run["requests"], "succeeded": ok,
-        "success_rate": ok / run["requests"], "errors": run["errors"], "not_run": run["not_run"],
-        "p50_ms": _ms(pct(run["latencies"], 50)), "p95_ms": _ms(pct(run["latencies"], 95)),
+        "system": run["system"],
+        "requests": run["requests"],
+        "succeeded": ok,
+        "success_rate": ok / run["requests"],
+        "errors": run["errors"],
+        "not_run": run["not_run"],
+        "p50_ms": _ms(pct(run["latencies"], 50)),
+        "p95_ms": _ms(pct(run["latencies"], 95)),
         "p99_ms": _ms(pct(run["latencies"], 99)),
-        "ttfc_p50_ms": _ms(pct(run["ttfcs"], 50)), "ttfc_p95_ms": _ms(pct(run["ttfcs"], 95)),
+        "ttfc_p50_ms": _ms(pct(run["ttfcs"], 50)),
+        "ttfc_p95_ms": _ms(pct(run["ttfcs"], 95)),
         "ttfc_p99_ms": _ms(pct(run["ttfcs"], 99)),
         "req_per_s": ok / run["wall_s"] if run["wall_s"] else 0.0,
         "chunks_per_s": run["chunks"] / run["wall_s"] if run["wall_s"] else 0.0,
         "cpu_ms_per_req": run["cpu_s"] / max(ok, 1) * 1000,
-        "peak_rss_mb": run["peak_rss_mb"], "backend_hits": run["hits"],
+        "peak_rss_mb": run["peak_rss_mb"],
+        "backend_hits": run["hits"],
         "wasted_hits": run["hits"] - ok,
     }
 
@@ -318,10 +383,13 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     for scenario, runs in results["scenarios"].items():
-        lines += [f"## {scenario}", "",
-                  "| system | success | p50 / p95 / p99 ms | TTFC p50 / p95 / p99 ms | req/s | "
-                  "chunks/s | CPU ms/req | peak RSS MB | backend hits (wasted) | errors |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {scenario}",
+            "",
+            "| system | success | p50 / p95 / p99 ms | TTFC p50 / p95 / p99 ms | req/s | "
+            "chunks/s | CPU ms/req | peak RSS MB | backend hits (wasted) | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in runs:
             errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "-"
             if r["not_run"]:
@@ -331,15 +399,20 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_f(r['p95_ms'])} / {_f(r['p99_ms'])} | {_f(r['ttfc_p50_ms'])} / "
                 f"{_f(r['ttfc_p95_ms'])} / {_f(r['ttfc_p99_ms'])} | {r['req_per_s']:.1f} | "
                 f"{r['chunks_per_s']:.0f} | {r['cpu_ms_per_req']:.2f} | {r['peak_rss_mb']:.0f} | "
-                f"{r['backend_hits']} ({r['wasted_hits']}) | {errors} |")
+                f"{r['backend_hits']} ({r['wasted_hits']}) | {errors} |"
+            )
         lines.append("")
     sel = results["selection_us"]
-    lines += ["## Selection cost (no HTTP)", "",
-              "Microseconds per selection. lbprovider: `Router.start()` + `Router.admission()` "
-              "(ticket and start index, breaker and TPM check, `memory://`). litellm Router: "
-              "`async_get_available_deployment` (simple-shuffle).", "",
-              "| members | " + " | ".join(str(n) for n in sel["lbprovider"]) + " |",
-              "|---|" + "---|" * len(sel["lbprovider"])]
+    lines += [
+        "## Selection cost (no HTTP)",
+        "",
+        "Microseconds per selection. lbprovider: `Router.start()` + `Router.admission()` "
+        "(ticket and start index, breaker and TPM check, `memory://`). litellm Router: "
+        "`async_get_available_deployment` (simple-shuffle).",
+        "",
+        "| members | " + " | ".join(str(n) for n in sel["lbprovider"]) + " |",
+        "|---|" + "---|" * len(sel["lbprovider"]),
+    ]
     for system, row in sel.items():
         lines.append(f"| {system} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |")
     lines += ["", results.get("notes", ""), ""]
@@ -359,17 +432,17 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 8))
     width = 0.27
     for i, system in enumerate(SYSTEMS):
-        runs = [next(r for r in results["scenarios"][s] if r["system"] == system)
-                for s in scenarios]
+        runs = [
+            next(r for r in results["scenarios"][s] if r["system"] == system) for s in scenarios
+        ]
         xs = [x + (i - 1) * width for x in range(len(scenarios))]
         ax1.bar(xs, [r["ttfc_p99_ms"] or 0 for r in runs], width, label=system)
         ax2.bar(xs, [r["success_rate"] * 100 for r in runs], width, label=system)
     labels = [s.replace("one member ", "").replace(", ", "\n") for s in scenarios]
-    for ax, title in ((ax1, "p99 time to first chunk (ms, log scale)"),
-                      (ax2, "success rate (%)")):
+    for ax, title in ((ax1, "p99 time to first chunk (ms, log scale)"), (ax2, "success rate (%)")):
         ax.set_xticks(range(len(scenarios)), labels, fontsize=8)
         ax.set_title(title)
-        ax.legend()
+        ax.legend(loc="lower left", fontsize=8)
     ax1.set_yscale("log")
     ax2.set_ylim(0, 105)
     fig.tight_layout()
@@ -381,10 +454,13 @@ def main(quick: bool) -> None:
     """Every scenario x system, then selection cost; writes the reports."""
     import platform
 
-    results: dict[str, Any] = {"meta": {"date": time.strftime("%Y-%m-%d"),
-                                        "machine": f"{os.cpu_count()} cores, "
-                                                   f"Python {platform.python_version()}"},
-                               "scenarios": {}}
+    results: dict[str, Any] = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        },
+        "scenarios": {},
+    }
     for scenario, (faulty, concurrency, requests) in SCENARIOS.items():
         if quick:
             requests = max(concurrency * 2, requests // 4)
@@ -394,22 +470,34 @@ def main(quick: bool) -> None:
                 urls = start_backends(stack, faulty)
                 run = run_in_subprocess(system, urls, concurrency, requests)
             runs.append(summarise(run))
-            print(f"{scenario:42} {system:10} success {runs[-1]['success_rate']:.0%} "
-                  f"p99 {_f(runs[-1]['p99_ms'])} ms  TTFC p99 {_f(runs[-1]['ttfc_p99_ms'])} ms"
-                  f"  CPU {runs[-1]['cpu_ms_per_req']:.2f} ms/req  hits {run['hits']}", flush=True)
+            print(
+                f"{scenario:42} {system:10} success {runs[-1]['success_rate']:.0%} "
+                f"p99 {_f(runs[-1]['p99_ms'])} ms  TTFC p99 {_f(runs[-1]['ttfc_p99_ms'])} ms"
+                f"  CPU {runs[-1]['cpu_ms_per_req']:.2f} ms/req  hits {run['hits']}",
+                flush=True,
+            )
         results["scenarios"][scenario] = runs
     sizes = (3, 30, 300, 1000)
-    results["selection_us"] = {k: {str(n): v for n, v in row.items()} for k, row in
-                               asyncio.run(selection_cost(sizes, 500 if quick else 2000)).items()}
+    results["selection_us"] = {
+        k: {str(n): v for n, v in row.items()}
+        for k, row in asyncio.run(selection_cost(sizes, 500 if quick else 2000)).items()
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "compare.json").write_text(json.dumps(results, indent=2))
+    report(results)
+
+
+def report(results: dict[str, Any]) -> None:
+    """Write docs/benchmarks.md (and the chart) from a results object."""
     notes = ROOT / "benchmarks" / "notes.md"
     results["notes"] = notes.read_text() if notes.exists() else ""
     has_chart = chart(results, ROOT / "docs" / "benchmarks.png")
     text = markdown(results)
     if not has_chart:
-        text = text.replace("![p99 time to first chunk and success rate](benchmarks.png)",
-                            "(install the `bench` extra for the chart)")
+        text = text.replace(
+            "![p99 time to first chunk and success rate](benchmarks.png)",
+            "(install the `bench` extra for the chart)",
+        )
     (ROOT / "docs" / "benchmarks.md").write_text(text)
     print(f"wrote {RESULTS / 'compare.json'} and docs/benchmarks.md")
 
@@ -417,11 +505,23 @@ def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="lbprovider vs litellm Router vs direct")
     parser.add_argument("--quick", action="store_true", help="a quarter of the requests")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite docs/benchmarks.md from benchmarks/results/compare.json",
+    )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.run_one:
+    if args.report_only:
+        report(json.loads((RESULTS / "compare.json").read_text()))
+    elif args.run_one:
         spec = json.loads(args.run_one)
-        print(json.dumps(asyncio.run(run_system(spec["system"], spec["urls"],
-                                                spec["concurrency"], spec["requests"]))))
+        print(
+            json.dumps(
+                asyncio.run(
+                    run_system(spec["system"], spec["urls"], spec["concurrency"], spec["requests"])
+                )
+            )
+        )
     else:
         main(args.quick)
