@@ -36,13 +36,7 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         """The ``chat --json`` object: text, backend, model, failover, attempts, usage."""
-        usage = None
-        if self.usage is not None:
-            usage = {
-                "prompt_tokens": self.usage.prompt_tokens,
-                "completion_tokens": self.usage.completion_tokens,
-                "total_tokens": self.usage.total_tokens,
-            }
+        usage = self.usage.to_dict() if self.usage is not None else None
         out: dict[str, Any] = {
             "text": self.text,
             "backend": self.backend,

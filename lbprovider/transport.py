@@ -53,6 +53,14 @@ class Usage:
         """prompt + completion."""
         return self.prompt_tokens + self.completion_tokens
 
+    def to_dict(self) -> dict[str, int]:
+        """OpenAI's usage object."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCallDelta:

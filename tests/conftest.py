@@ -148,3 +148,27 @@ def make_lb(
 
 
 HI = [{"role": "user", "content": "hi"}]
+
+
+# SPEC §6: the keys `stats --json` must carry
+SPEC_KEYS = {
+    "profileName",
+    "policy",
+    "members",
+    "totalRequests",
+    "lastSelected",
+    "lastSelectedModel",
+    "profileCounts",
+    "backendMetrics",
+    "circuitBreakerStates",
+    "currentTPM",
+}
+METRIC_KEYS = {
+    "requests",
+    "successes",
+    "failures",
+    "timeouts",
+    "tokens",
+    "totalLatencyMs",
+    "avgLatencyMs",
+}

@@ -21,7 +21,7 @@ from lbprovider.events import EventKind
 from lbprovider.profiles import Policy
 from lbprovider.sim import serve
 from lbprovider.testing import FakeClock
-from tests.conftest import ENGINE_KEY, HI, make_lb
+from tests.conftest import ENGINE_KEY, HI, METRIC_KEYS, SPEC_KEYS, make_lb
 
 pytest.importorskip("litellm")
 
@@ -390,28 +390,6 @@ async def test_tool_calls_stream_through() -> None:
 
 
 # -- metrics, stats, events -------------------------------------------------------------------
-
-SPEC_KEYS = {
-    "profileName",
-    "policy",
-    "members",
-    "totalRequests",
-    "lastSelected",
-    "lastSelectedModel",
-    "profileCounts",
-    "backendMetrics",
-    "circuitBreakerStates",
-    "currentTPM",
-}
-METRIC_KEYS = {
-    "requests",
-    "successes",
-    "failures",
-    "timeouts",
-    "tokens",
-    "totalLatencyMs",
-    "avgLatencyMs",
-}
 
 
 async def test_stats_after_mixed_run() -> None:

@@ -325,4 +325,7 @@ async def test_stats_endpoint() -> None:
                 return bytes(r.read())
 
         assert json.loads(await asyncio.to_thread(fetch)) == {
-            "hits": 1, "completed": 1, "disconnects": 0}
+            "hits": 1,
+            "completed": 1,
+            "disconnects": 0,
+        }

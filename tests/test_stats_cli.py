@@ -11,31 +11,10 @@ from click.testing import CliRunner
 from lbprovider.cli import cli, parse_duration
 from lbprovider.errors import ConfigError
 from lbprovider.sim import SimServer, serve_in_thread
-from tests.conftest import WriteProfile, lb, member
+from tests.conftest import METRIC_KEYS, SPEC_KEYS, WriteProfile, lb, member
 
 pytest.importorskip("litellm")
 
-SPEC_KEYS = {
-    "profileName",
-    "policy",
-    "members",
-    "totalRequests",
-    "lastSelected",
-    "lastSelectedModel",
-    "profileCounts",
-    "backendMetrics",
-    "circuitBreakerStates",
-    "currentTPM",
-}
-METRIC_KEYS = {
-    "requests",
-    "successes",
-    "failures",
-    "timeouts",
-    "tokens",
-    "totalLatencyMs",
-    "avgLatencyMs",
-}
 BREAKER_KEYS = {"state", "failures", "openedAt", "recoveryAt"}
 
 

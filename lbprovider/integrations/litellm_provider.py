@@ -107,13 +107,7 @@ def _generic(chunk: Chunk) -> GenericStreamingChunk:
             "index": delta.index,
             "function": {"name": delta.name, "arguments": delta.arguments},
         }
-    usage = None
-    if chunk.usage is not None:
-        usage = {
-            "prompt_tokens": chunk.usage.prompt_tokens,
-            "completion_tokens": chunk.usage.completion_tokens,
-            "total_tokens": chunk.usage.total_tokens,
-        }
+    usage = chunk.usage.to_dict() if chunk.usage is not None else None
     return GenericStreamingChunk(
         text=chunk.text,
         tool_use=tool_use,  # type: ignore[typeddict-item]
