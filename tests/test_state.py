@@ -144,3 +144,37 @@ def test_default_url(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert state_url() == f"sqlite:///{isolated / 'state.db'}"
     monkeypatch.setenv("LBPROVIDER_STATE", "memory://")
     assert state_url() == "memory://"
+
+
+STRESS = """
+import sys
+from pathlib import Path
+from lbprovider.state.sqlite import SQLiteStore
+s = SQLiteStore(Path(sys.argv[1]))
+for _ in range(50):
+    s.update("n", lambda raw: (raw or 0) + 1)
+print("degraded" if s.degraded else "ok")
+s.close()
+"""
+
+
+def test_many_processes_open_a_fresh_file_at_once(tmp_path: Path) -> None:
+    """Processes racing to create the file (WAL switch, schema) wait; none degrades or loses."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "race.db"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", STRESS, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(10)
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [out.strip() for out, _ in outputs] == ["ok"] * 10, [err for _, err in outputs]
+    store = SQLiteStore(path)
+    assert store.get_many(["n"]) == {"n": 500}
+    store.close()

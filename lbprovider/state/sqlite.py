@@ -84,23 +84,34 @@ class SQLiteStore:
         return self._fallback is not None
 
     def _connect(self) -> sqlite3.Connection:
+        """Open and prepare the file; other processes opening it at the same moment
+        (switching to WAL, creating the table) only make us wait, never fail."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            # WAL + NORMAL: a commit survives a process crash (what counters need)
-            # without an fsync per transaction.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(_SCHEMA)
-            conn.execute("SELECT count(*) FROM kv").fetchone()  # detects a corrupt file
-            self.path.chmod(0o600)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        for attempt in range(_LOCK_RETRIES):
+            conn = sqlite3.connect(
+                self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                # WAL + NORMAL: a commit survives a process crash (what counters need)
+                # without an fsync per transaction.
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute(_SCHEMA)
+                conn.execute("SELECT count(*) FROM kv").fetchone()  # detects a corrupt file
+                self.path.chmod(0o600)
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or (
+                    attempt == _LOCK_RETRIES - 1
+                ):
+                    raise
+                time.sleep(min(0.2, 0.005 * 2**attempt))
+            except BaseException:
+                conn.close()
+                raise
+        raise sqlite3.OperationalError("database stayed locked")  # pragma: no cover
 
     def _degrade(self, exc: BaseException) -> None:
         if self._fallback is None:
