@@ -29,9 +29,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from common import KEY, bench_config
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-KEY = "sk-bench-not-a-real-key"
 MESSAGES = [{"role": "user", "content": "Write a short answer."}]
 HEALTHY = "chunks=20,chunk_delay=0.01,prompt_tokens=20,completion_tokens=20"
 TIMEOUT_MS = 1000  # our first-chunk timeout; Router's stream_timeout gets the same
@@ -97,31 +98,14 @@ def hits(urls: list[str]) -> int:
 
 def lb_config(urls: list[str], name: str = "bench") -> Any:
     """Round-robin over the members, breakers on, a first-chunk timeout."""
-    from pydantic import SecretStr
-
-    from lbprovider.profiles import LoadBalancerConfig, Member, Policy
-    from lbprovider.settings import LBSettings
-
-    members = tuple(
-        Member(
-            name=f"m{i}",
-            provider="openai",
-            model="bench",
-            api_base=u,
-            api_key=SecretStr(KEY),
-            model_params={},
-        )
-        for i, u in enumerate(urls)
-    )
-    settings = LBSettings(
+    return bench_config(
+        urls,
+        name,
         circuit_breaker_enabled=True,
         circuit_breaker_failure_threshold=3,
         circuit_breaker_recovery_timeout_ms=30_000,
         timeout_ms=TIMEOUT_MS,
         failover_retry_count=2,
-    )
-    return LoadBalancerConfig(
-        name=name, policy=Policy.ROUNDROBIN, members=members, settings=settings, model_params={}
     )
 
 

@@ -29,11 +29,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from common import bench_config
 
-from lbprovider.profiles import LoadBalancerConfig, Member, Policy
+from lbprovider.profiles import LoadBalancerConfig, Member
 from lbprovider.provider import LoadBalancingProvider
-from lbprovider.settings import LBSettings
 from lbprovider.sim import serve
 from lbprovider.state import StateStore
 from lbprovider.state.memory import MemoryStore
@@ -41,7 +40,6 @@ from lbprovider.state.sqlite import SQLiteStore
 from lbprovider.transport import Chunk, Usage
 
 HI = [{"role": "user", "content": "hi"}]
-SETTINGS = LBSettings(circuit_breaker_enabled=True, tpm_threshold=10)
 
 
 class StubTransport:
@@ -60,21 +58,8 @@ class StubTransport:
 
 
 def config(urls: Sequence[str]) -> LoadBalancerConfig:
-    """A round-robin LB over the given base URLs."""
-    members = tuple(
-        Member(
-            name=f"m{i}",
-            provider="openai",
-            model="bench",
-            api_base=u,
-            api_key=SecretStr("sk-bench-not-a-key"),
-            model_params={},
-        )
-        for i, u in enumerate(urls)
-    )
-    return LoadBalancerConfig(
-        name="bench", policy=Policy.ROUNDROBIN, members=members, settings=SETTINGS, model_params={}
-    )
+    """A round-robin LB over the given base URLs, breakers and TPM on."""
+    return bench_config(urls, circuit_breaker_enabled=True, tpm_threshold=10)
 
 
 def pct(values: list[float], p: float) -> float:

@@ -34,17 +34,24 @@ class Source:
         self.closed = True
 
 
-async def test_wrapper_times_only_the_first_item() -> None:
-    """The first item must come in time; later ones may take as long as they like."""
+async def test_wrapper_times_only_the_first_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadline guards the first item only; later items are awaited with none."""
+    import lbprovider.timeouts as timeouts_module
+
+    deadlines: list[float | None] = []
+    real_timeout = asyncio.timeout
+
+    def counting_timeout(delay: float | None) -> asyncio.Timeout:
+        deadlines.append(delay)
+        return real_timeout(delay)
+
+    monkeypatch.setattr(timeouts_module.asyncio, "timeout", counting_timeout)
     src = Source()
-    src.queue.put_nowait(1)
+    for item in (1, 2, 3):
+        src.queue.put_nowait(item)
     wrapped = FirstChunkTimeout(src, 0.05, member="m")
-    assert await anext(wrapped) == 1
-    later = asyncio.create_task(anext(wrapped))
-    await asyncio.sleep(0.1)  # twice the first-chunk budget: still waiting, not timed out
-    assert not later.done()
-    src.queue.put_nowait(2)
-    assert await later == 2
+    assert [await anext(wrapped) for _ in range(3)] == [1, 2, 3]
+    assert deadlines == [0.05]
     assert not src.closed
 
 
