@@ -42,9 +42,7 @@ def _fail(ctx: click.Context, exc: LBError, code: int) -> NoReturn:
 
 
 def _store(ctx: click.Context) -> ProfileStore:
-    obj = ctx.find_object(dict)
-    if obj is not None and isinstance(obj.get("store"), ProfileStore):
-        return obj["store"]  # type: ignore[no-any-return]
+    """The profile store of the environment (search path from env and working dir)."""
     return ProfileStore()
 
 
