@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,3 +174,17 @@ METRIC_KEYS = {
     "totalLatencyMs",
     "avgLatencyMs",
 }
+
+
+def run_process(
+    env: dict[str, str], *args: str, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run `lbprovider ARGS` in a new process (``prefix``: a command to run it under)."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "lbprovider.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from click.testing import CliRunner
 
 from lbprovider.cli import cli
 from lbprovider.sim import SimServer, serve_in_thread
-from tests.conftest import SIM_KEY, WriteProfile, lb, member
+from tests.conftest import SIM_KEY, WriteProfile, lb, member, run_process
 
 pytest.importorskip("litellm")
 
@@ -103,14 +101,7 @@ def test_cold_process_does_not_time_out_healthy_backend(
         write_profile("b", member(base_url=b.url))
         write_profile("tight", lb(["a", "b"], timeout_ms=300, failover_retry_count=1))
         env = {**os.environ, "LBPROVIDER_HOME": str(isolated)}
-        proc = subprocess.run(
-            [sys.executable, "-m", "lbprovider.cli", "chat", "-p", "tight", "--json", "hi"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-            check=False,
-        )
+        proc = run_process(env, "chat", "-p", "tight", "--json", "hi")
         assert proc.returncode == 0, proc.stderr
         data = json.loads(proc.stdout)
         assert (data["backend"], data["attempts"], b.hits) == ("a", 1, 0)

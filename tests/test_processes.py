@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lbprovider.sim import SimServer, serve_in_thread
-from tests.conftest import WriteProfile, lb, member
+from tests.conftest import WriteProfile, lb, member, run_process
 
 pytestmark = pytest.mark.slow
 
@@ -44,23 +44,9 @@ def env(isolated: Path, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def cli(
-    env: dict[str, str], *args: str, prefix: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess[str]:
-    """Run `lbprovider ARGS` in a new process."""
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "lbprovider.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
 def stats(env: dict[str, str], name: str) -> dict[str, object]:
     """`lbprovider stats NAME --json`, from yet another process."""
-    proc = cli(env, "stats", name, "--json")
+    proc = run_process(env, "stats", name, "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
@@ -89,7 +75,7 @@ def test_roundrobin_across_processes(
     write_members(write_profile, three)
     write_profile("rr", lb(["a", "b", "c"], policy="roundrobin"))
     with ThreadPoolExecutor(6) as pool:
-        procs = list(pool.map(lambda i: cli(env, "chat", "-p", "rr", f"hi {i}"), range(6)))
+        procs = list(pool.map(lambda i: run_process(env, "chat", "-p", "rr", f"hi {i}"), range(6)))
     assert [p.returncode for p in procs] == [0] * 6, [p.stderr for p in procs]
     assert [s.hits for s in three] == [2, 2, 2]
     report = stats(env, "rr")
@@ -105,10 +91,10 @@ def test_sticky_failover_across_processes(
     write_members(write_profile, three)
     write_profile("fo", lb(["a", "b", "c"], failover_retry_count=1))
     a.behavior = a.behavior.parse("status=503")
-    first = cli(env, "chat", "-p", "fo", "--json", "one")
+    first = run_process(env, "chat", "-p", "fo", "--json", "one")
     assert json.loads(first.stdout)["backend"] == "b"
     a.behavior = a.behavior.parse("ok")
-    second = cli(env, "chat", "-p", "fo", "--json", "two")
+    second = run_process(env, "chat", "-p", "fo", "--json", "two")
     assert json.loads(second.stdout)["backend"] == "b"
     assert (a.hits, b.hits) == (1, 2)
 
@@ -131,7 +117,8 @@ def test_breaker_across_processes(
     )
     a.behavior = a.behavior.parse("status=503")
     outcomes = [
-        json.loads(cli(env, "chat", "-p", "rr2", "--json", "x").stdout)["backend"] for _ in range(3)
+        json.loads(run_process(env, "chat", "-p", "rr2", "--json", "x").stdout)["backend"]
+        for _ in range(3)
     ]
     assert outcomes == ["b", "b", "b"]
     assert a.hits == 1  # the third process started at a and skipped it: breaker open
@@ -180,7 +167,7 @@ def test_corrupt_state_file_warns_and_serves(
     state = tmp_path / "shared" / "state.db"
     state.parent.mkdir()
     state.write_bytes(b"\x00garbage" * 512)
-    proc = cli(env, "chat", "-p", "fo", "hello")
+    proc = run_process(env, "chat", "-p", "fo", "hello")
     assert proc.returncode == 0
     assert "Hello from the simulated backend." in proc.stdout
     assert f"state file {state} is unusable" in proc.stderr
@@ -217,7 +204,7 @@ def test_read_only_state_dir_warns_and_serves(
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        proc = cli(env, "chat", "-p", "fo", "hello", prefix=prefix)
+        proc = run_process(env, "chat", "-p", "fo", "hello", prefix=prefix)
     finally:
         ro.chmod(0o755)
     assert proc.returncode == 0, proc.stderr
@@ -231,14 +218,7 @@ def test_demo_runs_and_leaves_nothing(tmp_path: Path) -> None:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch), "LBPROVIDER_HOME": str(tmp_path / "home")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "lbprovider.cli", "demo", "--json", "--requests", "6"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    proc = run_process(env, "demo", "--json", "--requests", "6")
     assert proc.returncode == 0, proc.stderr
     reports = json.loads(proc.stdout)
     assert [r["profileName"] for r in reports] == ["demo-failover", "demo-roundrobin"]
