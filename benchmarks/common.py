@@ -7,14 +7,17 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from lbprovider.profiles import LoadBalancerConfig, Member, Policy
+from lbprovider.profiles import LoadBalancerConfig, Member, Policy, TransportKind
 from lbprovider.settings import LBSettings
 
 KEY = "sk-bench-not-a-real-key"
 
 
-def bench_config(urls: Sequence[str], name: str = "bench", **settings: Any) -> LoadBalancerConfig:
-    """A round-robin load balancer over the given base URLs, members m0, m1, ..."""
+def bench_config(
+    urls: Sequence[str], name: str = "bench", *, transport: str = "native", **settings: Any
+) -> LoadBalancerConfig:
+    """A round-robin load balancer over the given base URLs, members m0, m1, ...,
+    called through ``transport`` (``native`` or ``litellm``)."""
     members = tuple(
         Member(
             name=f"m{i}",
@@ -23,6 +26,7 @@ def bench_config(urls: Sequence[str], name: str = "bench", **settings: Any) -> L
             api_base=u,
             api_key=SecretStr(KEY),
             model_params={},
+            transport=TransportKind(transport),
         )
         for i, u in enumerate(urls)
     )

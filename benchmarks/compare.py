@@ -1,5 +1,7 @@
-"""lbprovider against its peers, in one run: a direct litellm call (the limit), our
-``LoadBalancingProvider``, and ``litellm.Router`` configured as close to ours as it allows.
+"""lbprovider against its peers, in one run: a raw HTTP client straight to one healthy
+backend (the physical limit), a direct litellm call, our ``LoadBalancingProvider`` over
+its native transport and over litellm, and ``litellm.Router`` configured as close to
+ours as it allows; then the cost of a cold CLI call (``cold_start.py``).
 
     .venv/bin/pip install -e '.[bench]' && .venv/bin/python benchmarks/compare.py [--quick]
 
@@ -29,6 +31,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import cold_start
 from common import KEY, bench_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,16 +40,20 @@ MESSAGES = [{"role": "user", "content": "Write a short answer."}]
 HEALTHY = "chunks=20,chunk_delay=0.01,prompt_tokens=20,completion_tokens=20"
 TIMEOUT_MS = 1000  # our first-chunk timeout; Router's stream_timeout gets the same
 
-# name: (faulty member behaviour or None, concurrency, requests)
-SCENARIOS: dict[str, tuple[str | None, int, int]] = {
+UNPACED = "chunks=20,prompt_tokens=20,completion_tokens=20"
+
+# name: (faulty member behaviour or None, concurrency, requests[, healthy behaviour])
+SCENARIOS: dict[str, tuple[Any, ...]] = {
     "healthy, sequential": (None, 1, 100),
     "healthy, concurrency 32": (None, 32, 320),
+    # Chunks back to back: no pacing caps throughput, so it measures CPU per request.
+    "healthy, concurrency 32, unpaced": (None, 32, 640, UNPACED),
     "one member refuses connections": ("refused", 8, 120),
     "one member 503 half the time": (f"flaky=0.5,seed=7,{HEALTHY}", 8, 120),
     "one member stalls its first chunk 10 s": (f"stall_first_chunk=10,{HEALTHY}", 8, 120),
     "one member 429 + Retry-After: 1": (f"status=429,retry_after=1,{HEALTHY}", 8, 120),
 }
-SYSTEMS = ("direct", "lbprovider", "router")
+SYSTEMS = ("raw", "direct", "lb-native", "lb-litellm", "router")
 RUN_DEADLINE_S = 150.0  # a run stops starting requests after this
 REQUEST_CAP_S = 60.0  # one request is abandoned (a failure) after this
 
@@ -61,11 +68,11 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_backends(stack: ExitStack, faulty: str | None) -> list[str]:
+def start_backends(stack: ExitStack, faulty: str | None, healthy: str = HEALTHY) -> list[str]:
     """Three backends (member 0 gets the fault); returns their base URLs."""
     urls = []
     for i in range(3):
-        spec = faulty if (i == 0 and faulty) else HEALTHY
+        spec = faulty if (i == 0 and faulty) else healthy
         if spec == "refused":
             urls.append(f"http://127.0.0.1:{closed_port()}/v1")
             continue
@@ -96,11 +103,12 @@ def hits(urls: list[str]) -> int:
 # -- one system, in its own process ----------------------------------------------------------
 
 
-def lb_config(urls: list[str], name: str = "bench") -> Any:
+def lb_config(urls: list[str], name: str = "bench", transport: str = "native") -> Any:
     """Round-robin over the members, breakers on, a first-chunk timeout."""
     return bench_config(
         urls,
         name,
+        transport=transport,
         circuit_breaker_enabled=True,
         circuit_breaker_failure_threshold=3,
         circuit_breaker_recovery_timeout_ms=30_000,
@@ -136,17 +144,64 @@ def router_for(urls: list[str]) -> Any:
     )
 
 
-async def run_system(
-    system: str, urls: list[str], concurrency: int, requests: int
-) -> dict[str, Any]:
-    """Send the workload through one system; per-request latency, TTFC, CPU, memory."""
+async def raw_system(healthy: str) -> Any:
+    """The physical limit: aiohttp straight to one healthy member, ``json.loads`` per
+    SSE line (what any client must do), no routing; warmed with one request."""
+    import aiohttp
+
+    session = aiohttp.ClientSession()
+    body = json.dumps(
+        {
+            "model": "bench",
+            "messages": MESSAGES,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    async def chunks() -> Any:
+        async with session.post(f"{healthy}/chat/completions", data=body, headers=headers) as r:
+            async for line in r.content:
+                if line.startswith(b"data: ") and line[6:].strip() != b"[DONE]":
+                    event = json.loads(line[6:])
+                    if event.get("choices") and event["choices"][0]["delta"].get("content"):
+                        yield event["choices"][0]["delta"]["content"]
+
+    async for _ in chunks():
+        pass
+    return chunks
+
+
+async def litellm_system(system: str, urls: list[str]) -> Any:
+    """Every other system, warmed (imports, clients, first call) over the healthy
+    member only, outside the measured window."""
+    healthy = urls[1]
+    kwargs = {"stream": True, "stream_options": {"include_usage": True}}
+
+    async def drain(stream: Any) -> None:
+        async for _ in stream:
+            pass
+
+    if system.startswith("lb-"):
+        from lbprovider.provider import LoadBalancingProvider
+        from lbprovider.state.memory import MemoryStore
+
+        transport = system.removeprefix("lb-")
+        warm = lb_config([healthy], name="warm", transport=transport)
+        await drain(LoadBalancingProvider(warm, store=MemoryStore()).stream(MESSAGES))
+        lb = LoadBalancingProvider(lb_config(urls, transport=transport), store=MemoryStore())
+
+        async def lb_chunks() -> Any:
+            async for chunk in lb.stream(MESSAGES):
+                yield chunk.text
+
+        return lb_chunks
+
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
     litellm.suppress_debug_info = True
-    random.seed(1234)
-    kwargs = {"stream": True, "stream_options": {"include_usage": True}}
-    healthy = urls[1]
 
     async def direct() -> Any:
         return await litellm.acompletion(
@@ -158,42 +213,32 @@ async def run_system(
             **kwargs,
         )
 
-    async def drain(stream: Any) -> None:
-        async for _ in stream:
-            pass
-
-    # Warm each system's one-time costs (imports, clients, first-call set-up) with one
-    # request through it over the healthy member only, outside the measured window.
     await drain(await direct())
-    if system == "lbprovider":
-        from lbprovider.provider import LoadBalancingProvider
-        from lbprovider.state.memory import MemoryStore
+    router = None
+    if system == "router":
+        warm_router = router_for([healthy])
+        await drain(await warm_router.acompletion(model="bench", messages=MESSAGES, **kwargs))
+        router = router_for(urls)
 
-        await drain(
-            LoadBalancingProvider(lb_config([healthy], name="warm"), store=MemoryStore()).stream(
-                MESSAGES
-            )
-        )
-        lb = LoadBalancingProvider(lb_config(urls), store=MemoryStore())
+    async def chunks() -> Any:
+        if router is not None:
+            response = await router.acompletion(model="bench", messages=MESSAGES, **kwargs)
+        else:
+            response = await direct()
+        async for chunk in response:
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
 
-        async def chunks() -> Any:
-            async for chunk in lb.stream(MESSAGES):
-                yield chunk.text
-    else:
-        if system == "router":
-            warm = router_for([healthy])
-            await drain(await warm.acompletion(model="bench", messages=MESSAGES, **kwargs))
-        router = router_for(urls) if system == "router" else None
+    return chunks
 
-        async def chunks() -> Any:
-            if router is not None:
-                response = await router.acompletion(model="bench", messages=MESSAGES, **kwargs)
-            else:
-                response = await direct()
-            async for chunk in response:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
 
+async def run_system(
+    system: str, urls: list[str], concurrency: int, requests: int
+) -> dict[str, Any]:
+    """Send the workload through one system; per-request latency, TTFC, CPU, memory."""
+    healthy = urls[1]
+    random.seed(1234)
+    chunks = await (raw_system(healthy) if system == "raw" else litellm_system(system, urls))
     latencies: list[float] = []
     ttfcs: list[float] = []
     errors: dict[str, int] = {}
@@ -275,7 +320,7 @@ async def selection_cost(sizes: tuple[int, ...], rounds: int) -> dict[str, dict[
     from lbprovider.clock import SystemClock, real_sleep
     from lbprovider.routing import Router
     from lbprovider.state.memory import MemoryStore
-    from lbprovider.transport import LiteLLMTransport
+    from lbprovider.transport import TransportSet
 
     out: dict[str, dict[int, float]] = {"lbprovider": {}, "router": {}}
     for n in sizes:
@@ -283,7 +328,7 @@ async def selection_cost(sizes: tuple[int, ...], rounds: int) -> dict[str, dict[
         ours = Router(
             lb_config(urls, name=f"sel{n}"),
             store=MemoryStore(),
-            transport=LiteLLMTransport(),
+            transports=TransportSet(),
             clock=SystemClock(),
             sleep=real_sleep,
         )
@@ -349,19 +394,74 @@ def _f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _run(results: dict[str, Any], scenario: str, system: str) -> dict[str, Any]:
+    return next(r for r in results["scenarios"][scenario] if r["system"] == system)
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """The issue's targets, each as the ratio measured in this run, met or missed."""
+    rows: list[tuple[str, float, str, bool]] = []
+    seq = "healthy, sequential"
+    ratio = (
+        _run(results, seq, "lb-native")["cpu_ms_per_req"]
+        / _run(results, seq, "raw")["cpu_ms_per_req"]
+    )
+    rows.append(
+        ("hot path, healthy sequential: lb-native CPU/request ÷ raw", ratio, "≤ 1.2", ratio <= 1.2)
+    )
+    for scenario in ("healthy, concurrency 32", "healthy, concurrency 32, unpaced"):
+        ratio = (
+            _run(results, scenario, "lb-native")["req_per_s"]
+            / _run(results, scenario, "direct")["req_per_s"]
+        )
+        rows.append((f"{scenario}: lb-native req/s ÷ direct litellm", ratio, "≥ 3", ratio >= 3))
+    cold = results.get("cold_start")
+    if cold:
+        ratio = (
+            cold["lbprovider chat (native members)"]["cpu_s"] / cold["lbprovider --help"]["cpu_s"]
+        )
+        rows.append(
+            ("cold `lbprovider chat` (native) CPU ÷ `lbprovider --help`", ratio, "≤ 4", ratio <= 4)
+        )
+        ratio = (
+            cold["llm -m lb/bench-native"]["wall_s"]
+            / cold["llm -m sim-direct (no lbprovider)"]["wall_s"]
+        )
+        rows.append(("cold `llm -m lb/NAME` wall ÷ `llm -m` direct", ratio, "≤ 1.3", ratio <= 1.3))
+    lines = ["| target | measured | wanted | |", "|---|---|---|---|"]
+    lines += [
+        f"| {name} | {value:.2f}× | {wanted} | {'met' if ok else 'missed'} |"
+        for name, value, wanted, ok in rows
+    ]
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     """docs/benchmarks.md."""
     lines = [
-        "# Benchmarks: lbprovider, litellm Router, and a direct call",
+        "# Benchmarks: lbprovider, litellm Router, a direct call and a raw client",
         "",
         "Generated by `.venv/bin/python benchmarks/compare.py` "
         f"({results['meta']['date']}, {results['meta']['machine']}). Figures from one run;",
         "ratios are what to compare. Backends are `lbprovider sim` processes on loopback",
-        f"streaming 20 chunks 10 ms apart (`{HEALTHY}`); member 0 carries the fault.",
-        "lbprovider: round-robin, retry count 2, breakers (3 failures, 30 s), first-chunk",
-        f"timeout {TIMEOUT_MS} ms, `memory://` state. Router: simple-shuffle, `num_retries=2`,",
-        f"`allowed_fails=3`, `cooldown_time=30`, `stream_timeout={TIMEOUT_MS / 1000:g}`. direct: ",
-        "`litellm.acompletion` to one healthy member (the limit).",
+        f"streaming 20 chunks 10 ms apart (`{HEALTHY}`; the unpaced scenario `{UNPACED}`);",
+        "member 0 carries the fault. Systems:",
+        "",
+        "- **raw**: aiohttp straight to one healthy member, `json.loads` per SSE line, no",
+        "  routing: the physical limit of a Python client;",
+        "- **direct**: `litellm.acompletion` to one healthy member;",
+        "- **lb-native** / **lb-litellm**: `LoadBalancingProvider` over all three members,",
+        "  its native transport / its litellm transport; round-robin, retry count 2, breakers",
+        f"  (3 failures, 30 s), first-chunk timeout {TIMEOUT_MS} ms, `memory://` state;",
+        "- **router**: `litellm.Router`, simple-shuffle, `num_retries=2`, `allowed_fails=3`,",
+        f"  `cooldown_time=30`, `stream_timeout={TIMEOUT_MS / 1000:g}`.",
+        "",
+        "CPU is the measuring process's own (the sims run elsewhere). A cold CLI call is",
+        "measured by `benchmarks/cold_start.py` (below).",
+        "",
+        "## Targets",
+        "",
+        *targets(results),
         "",
         "![p99 time to first chunk and success rate](benchmarks.png)",
         "",
@@ -399,6 +499,16 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for system, row in sel.items():
         lines.append(f"| {system} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |")
+    if results.get("cold_start"):
+        lines += [
+            "",
+            "## Cold start: one CLI call, a new process",
+            "",
+            "`benchmarks/cold_start.py`: each command against one sim, median of "
+            f"{results.get('cold_runs', 5)} alternating runs, CPU = user + sys of the child.",
+            "",
+            *cold_start.table(results["cold_start"]),
+        ]
     lines += ["", results.get("notes", ""), ""]
     return "\n".join(lines)
 
@@ -414,12 +524,12 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         return False
     scenarios = list(results["scenarios"])
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 8))
-    width = 0.27
+    width = 0.8 / len(SYSTEMS)
     for i, system in enumerate(SYSTEMS):
         runs = [
             next(r for r in results["scenarios"][s] if r["system"] == system) for s in scenarios
         ]
-        xs = [x + (i - 1) * width for x in range(len(scenarios))]
+        xs = [x + (i - (len(SYSTEMS) - 1) / 2) * width for x in range(len(scenarios))]
         ax1.bar(xs, [r["ttfc_p99_ms"] or 0 for r in runs], width, label=system)
         ax2.bar(xs, [r["success_rate"] * 100 for r in runs], width, label=system)
     labels = [s.replace("one member ", "").replace(", ", "\n") for s in scenarios]
@@ -434,8 +544,11 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def main(quick: bool) -> None:
-    """Every scenario x system, then selection cost; writes the reports."""
+def main(quick: bool, only: str | None = None) -> None:
+    """Every scenario x system, selection cost and cold start; writes the reports.
+
+    ``only``: run the scenarios whose name contains it, print, write nothing.
+    """
     import platform
 
     results: dict[str, Any] = {
@@ -445,27 +558,34 @@ def main(quick: bool) -> None:
         },
         "scenarios": {},
     }
-    for scenario, (faulty, concurrency, requests) in SCENARIOS.items():
+    for scenario, (faulty, concurrency, requests, *healthy) in SCENARIOS.items():
+        if only is not None and only not in scenario:
+            continue
         if quick:
             requests = max(concurrency * 2, requests // 4)
         runs = []
         for system in SYSTEMS:
             with ExitStack() as stack:
-                urls = start_backends(stack, faulty)
+                urls = start_backends(stack, faulty, *healthy)
                 run = run_in_subprocess(system, urls, concurrency, requests)
             runs.append(summarise(run))
             print(
                 f"{scenario:42} {system:10} success {runs[-1]['success_rate']:.0%} "
                 f"p99 {_f(runs[-1]['p99_ms'])} ms  TTFC p99 {_f(runs[-1]['ttfc_p99_ms'])} ms"
-                f"  CPU {runs[-1]['cpu_ms_per_req']:.2f} ms/req  hits {run['hits']}",
+                f"  CPU {runs[-1]['cpu_ms_per_req']:.2f} ms/req  {runs[-1]['req_per_s']:.1f} req/s"
+                f"  hits {run['hits']}",
                 flush=True,
             )
         results["scenarios"][scenario] = runs
+    if only is not None:
+        return
     sizes = (3, 30, 300, 1000)
     results["selection_us"] = {
         k: {str(n): v for n, v in row.items()}
         for k, row in asyncio.run(selection_cost(sizes, 500 if quick else 2000)).items()
     }
+    results["cold_runs"] = 3 if quick else 5
+    results["cold_start"] = cold_start.measure(results["cold_runs"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "compare.json").write_text(json.dumps(results, indent=2))
     report(results)
@@ -494,6 +614,7 @@ if __name__ == "__main__":
         action="store_true",
         help="rewrite docs/benchmarks.md from benchmarks/results/compare.json",
     )
+    parser.add_argument("--only", help="run only the scenarios whose name contains this")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.report_only:
@@ -508,4 +629,4 @@ if __name__ == "__main__":
             )
         )
     else:
-        main(args.quick)
+        main(args.quick, args.only)

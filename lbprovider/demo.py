@@ -3,7 +3,8 @@
 A healthy backend, a flaky one (503 half the time, seeded) and one that stalls
 before its first chunk.  Two load balancers over them (sticky failover and
 round-robin, breakers on, a first-chunk timeout) each take a bounded workload
-through the real litellm path; then the stats of each and a plain-words summary.
+over real HTTP through the native transport (what every ``openai`` member uses);
+then the stats of each and a plain-words summary.
 No keys, no network; profiles and state live in a temp dir that is removed
 (unless ``--state-dir``), and the backends stop with the demo.
 """
@@ -75,7 +76,6 @@ async def _demo(root: Path, requests: int, as_json: bool, console: Console) -> N
             f"flaky (503 half the time) {flaky.url}, stalled (no first chunk) {stalled.url}; "
             f"first-chunk timeout {TIMEOUT_MS} ms, breakers open after 2 failures."
         )
-        console.print("Loading litellm and warming it up (a few seconds, once)...")
         store = SQLiteStore(root / "state.db")
         profiles = ProfileStore([profiles_dir], write_dir=profiles_dir)
         reports: list[dict[str, Any]] = []

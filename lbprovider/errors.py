@@ -8,7 +8,10 @@
     │   ├── ProfileNotFoundError     no file with that name on the search path
     │   ├── ProfileFormatError       unreadable or truncated JSON (names line and column)
     │   └── ProfileValidationError   a field with a bad value (names the field path)
-    ├── BackendError                 one member failed one attempt (.member, .status, .kind)
+    ├── TransportError               a transport's failure in neutral terms (.status,
+    │                                .retry_after, .code, .network, .timeout): what every
+    │                                transport raises, and all that classification reads
+    ├── BackendError                 one member failed one attempt, classified (.kind)
     │   ├── FirstChunkTimeoutError   no content chunk within timeout_ms (retryable)
     │   └── StreamInterruptedError   failed after text reached the caller (never replayed)
     └── NoBackendAvailableError      every member failed or was skipped (.failures)
@@ -40,6 +43,7 @@ __all__ = [
     "ProfileValidationError",
     "RequestRejectedError",
     "StreamInterruptedError",
+    "TransportError",
 ]
 
 
@@ -132,6 +136,39 @@ class ProfileValidationError(ConfigError):
     """A field of a profile holds a value we cannot use."""
 
 
+class TransportError(LBError):
+    """One call to a member failed, in terms no client library owns (SPEC §4.1).
+
+    Each transport maps its own exceptions to this one at its boundary (as httpx maps
+    lower-layer errors), so routing rules never see litellm's, aiohttp's or an SDK's
+    classes.  ``status`` is the HTTP status when there was a response, ``retry_after``
+    the backend's wait in seconds (``Retry-After`` as seconds or an HTTP date, or
+    ``retry-after-ms``), ``code`` the provider's error code
+    (``context_length_exceeded``, ``content_policy_violation``, ...), ``network`` a
+    connection that failed or broke, ``timeout`` a client-side timeout.  The message
+    has the member's secrets removed already.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        member: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        code: str | None = None,
+        network: bool = False,
+        timeout: bool = False,
+    ) -> None:
+        self.member = member
+        self.status = status
+        self.retry_after = retry_after
+        self.code = code
+        self.network = network
+        self.timeout = timeout
+        super().__init__(message)
+
+
 class FailureKind(StrEnum):
     """What a failed attempt means for routing (SPEC §3.2)."""
 
@@ -145,8 +182,8 @@ class BackendError(LBError):
 
     ``member`` is the member profile's name, ``status`` the HTTP status when there
     was one, ``kind`` what the failure means for routing, ``retry_after`` the
-    backend's ``Retry-After`` in seconds when given.  ``retryable`` is true for
-    :attr:`FailureKind.RETRYABLE`.
+    backend's ``Retry-After`` in seconds when given, ``code`` the provider's error
+    code.  ``retryable`` is true for :attr:`FailureKind.RETRYABLE`.
     """
 
     def __init__(
@@ -158,12 +195,14 @@ class BackendError(LBError):
         kind: FailureKind = FailureKind.RETRYABLE,
         retry_after: float | None = None,
         network: bool = False,
+        code: str | None = None,
     ) -> None:
         self.member = member
         self.status = status
         self.kind = kind
         self.retry_after = retry_after
         self.network = network
+        self.code = code
         super().__init__(message, retryable=kind is FailureKind.RETRYABLE)
 
     @property

@@ -32,6 +32,7 @@ from lbprovider.profiles import (
     Member,
     MemberProfile,
     Policy,
+    TransportKind,
     check_name,
     is_loadbalancer,
     parse_inline_member,
@@ -249,6 +250,9 @@ class ProfileStore:
                     model_params={**parsed.modelParams, **profile.modelParams},
                     context_limit=parsed.ephemeralSettings.context_limit,
                     file=member_file,
+                    transport=parsed.ephemeralSettings.transport
+                    or TransportKind.default_for(parsed.provider),
+                    max_output_tokens=parsed.ephemeralSettings.max_output_tokens,
                 )
             )
         minimum = 2 if profile.policy is Policy.FAILOVER else 1

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from lbprovider.errors import ConfigError, ProfileNameError, ProfileValidationError
+from lbprovider.redaction import redact
 from lbprovider.settings import LBSettings
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Member",
     "MemberProfile",
     "Policy",
+    "TransportKind",
     "check_name",
     "parse_profile",
     "redact",
@@ -65,21 +67,23 @@ def check_name(name: str, *, file: Path | None = None, field: str | None = None)
     return name
 
 
-def redact(secret: str | SecretStr | None) -> str:
-    """Show a key as at most its last 4 characters (nothing of a short key)."""
-    if secret is None:
-        return ""
-    value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-    if len(value) < 12:
-        return "****"
-    return "****" + value[-4:]
-
-
 class Policy(StrEnum):
     """How the start member of a request is chosen (SPEC §3.1)."""
 
     ROUNDROBIN = "roundrobin"
     FAILOVER = "failover"
+
+
+class TransportKind(StrEnum):
+    """How a member is called (SPEC §4.1)."""
+
+    NATIVE = "native"  # OpenAI-compatible HTTP + SSE, in process, no litellm
+    LITELLM = "litellm"  # litellm.acompletion, for every other provider
+
+    @classmethod
+    def default_for(cls, provider: str) -> TransportKind:
+        """``native`` for provider ``openai`` (whatever its base URL), else ``litellm``."""
+        return cls.NATIVE if provider.lower() == "openai" else cls.LITELLM
 
 
 class MemberSettings(BaseModel):
@@ -95,6 +99,10 @@ class MemberSettings(BaseModel):
     auth_key_env: StrictStr | None = Field(default=None, alias="auth-key-env")
     context_limit: Annotated[StrictInt, Field(gt=0)] | None = Field(
         default=None, alias="context-limit"
+    )
+    transport: TransportKind | None = None
+    max_output_tokens: Annotated[StrictInt, Field(gt=0)] | None = Field(
+        default=None, alias="max-output-tokens"
     )
 
     @field_validator("base_url")
@@ -317,6 +325,13 @@ class Member:
     model_params: Mapping[str, Any]
     context_limit: int | None = None
     file: Path | None = None
+    # None: the provider's default (TransportKind.default_for), filled in below.
+    transport: TransportKind = None  # type: ignore[assignment]
+    max_output_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.transport is None:
+            object.__setattr__(self, "transport", TransportKind.default_for(self.provider))
 
     @property
     def litellm_model(self) -> str:

@@ -16,7 +16,7 @@ from lbprovider.profile_store import ProfileStore
 from lbprovider.profiles import LoadBalancerConfig
 from lbprovider.routing import RequestTrace, Router
 from lbprovider.state import StateStore, default_store
-from lbprovider.transport import Chunk, LiteLLMTransport, ToolCallDelta, Transport, Usage
+from lbprovider.transport import Chunk, ToolCallDelta, Transport, TransportSet, Usage
 
 __all__ = ["LoadBalancingProvider", "Result"]
 
@@ -68,9 +68,11 @@ class LoadBalancingProvider:
     """Routes chat requests over the members of one load-balancer profile.
 
     Collaborators are injectable: ``store`` (state shared across requests and
-    processes), ``transport`` (how a member is called), ``clock`` and ``sleep``
-    (time), ``on_event`` (a hook receiving one event per attempt, skip, failover
-    and breaker change; logging is always subscribed).
+    processes), ``transport`` (one transport for every member, replacing the choice
+    each member's ``transport`` setting makes — tests pass
+    :class:`lbprovider.testing.ScriptedTransport`), ``clock`` and ``sleep`` (time),
+    ``on_event`` (a hook receiving one event per attempt, skip, failover and breaker
+    change; logging is always subscribed).
     """
 
     def __init__(
@@ -90,7 +92,7 @@ class LoadBalancingProvider:
         self._router = Router(
             config,
             store=self.store,
-            transport=transport or LiteLLMTransport(),
+            transports=TransportSet(transport),
             clock=self.clock,
             sleep=sleep or real_sleep,
             hooks=hooks,

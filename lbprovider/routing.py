@@ -33,7 +33,7 @@ from lbprovider.profiles import LoadBalancerConfig, Member, Policy
 from lbprovider.retry import member_retrying
 from lbprovider.state import StateStore, Updater, breaker_key, lb_key, metrics_key, tpm_key
 from lbprovider.timeouts import FirstChunkTimeout
-from lbprovider.transport import Chunk, Transport, Usage
+from lbprovider.transport import Chunk, TransportSet, Usage
 
 __all__ = ["RequestTrace", "Router"]
 
@@ -90,14 +90,14 @@ class Router:
         config: LoadBalancerConfig,
         *,
         store: StateStore,
-        transport: Transport,
+        transports: TransportSet,
         clock: Clock,
         sleep: Sleep,
         hooks: Sequence[EventHook] = (),
     ) -> None:
         self.config = config
         self.store = store
-        self.transport = transport
+        self.transports = transports
         self.clock = clock
         self.sleep = sleep
         self.hooks = list(hooks)
@@ -173,8 +173,6 @@ class Router:
         self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any], trace: RequestTrace
     ) -> AsyncGenerator[Chunk, None]:
         """Serve one request: yield the chunks of the first member that can serve it."""
-        # Warm-up (litellm import, client) happens before any first-chunk clock starts.
-        await self.transport.warm_up()
         n = len(self.config.members)
         start = await self.start()
         deferred: list[int] = []  # members skipped only by the TPM rule
@@ -324,11 +322,15 @@ class Router:
         params: Mapping[str, Any],
         trace: RequestTrace,
     ) -> _Open:
+        transport = self.transports.for_member(member)
+        # One-time set-up (litellm's import and client) happens before the first-chunk
+        # clock starts, and only for a transport that is used (SPEC §4).
+        await transport.warm_up()
         trace.attempts += 1
         number = trace.attempts
         started = self.clock.monotonic()
         stream = FirstChunkTimeout(
-            self.transport.stream(member, messages, params),
+            transport.stream(member, messages, params),
             self.config.settings.first_chunk_timeout_s,
             member=member.name,
         )
@@ -353,7 +355,6 @@ class Router:
                 member=member.name,
                 settings=self.config.settings,
                 secrets=self._secrets,
-                now=self.clock.now(),
             )
             latency = (self.clock.monotonic() - started) * 1000
             outcome = (
@@ -447,15 +448,21 @@ class Router:
         trace.backend, trace.model = member.name, member.litellm_model
         text: list[str] = []
         usage: Usage | None = None
+        malformed = 0
         outcome = stats.Outcome.SUCCESS
         error: BackendError | None = None
         try:
             if opened.first is not None:
                 usage = opened.first.usage
+                malformed = opened.first.malformed
                 text.append(opened.first.text)
                 yield opened.first
                 # After the first chunk nothing is timed: read the source directly.
                 async for chunk in opened.rest.source:
+                    if chunk.malformed:
+                        malformed += chunk.malformed
+                        if not (chunk.text or chunk.tool_calls or chunk.finish_reason):
+                            continue  # only a count of skipped events: nothing to pass on
                     if chunk.usage is not None:
                         usage = chunk.usage
                     text.append(chunk.text)
@@ -469,7 +476,6 @@ class Router:
                 member=member.name,
                 settings=self.config.settings,
                 secrets=self._secrets,
-                now=self.clock.now(),
             )
             raise StreamInterruptedError(
                 f"{member.name} failed after the answer had started: {error.message}",
@@ -480,7 +486,7 @@ class Router:
         finally:
             await opened.rest.aclose()
             await self._finish(
-                opened, ticket, messages, trace, outcome, error, usage, "".join(text)
+                opened, ticket, messages, trace, outcome, error, usage, "".join(text), malformed
             )
 
     async def _finish(
@@ -493,6 +499,7 @@ class Router:
         error: BackendError | None,
         usage: Usage | None,
         text: str,
+        malformed: int,
     ) -> None:
         member, now, policy = opened.member, self.clock.now(), self.breaker_policy
         latency = (self.clock.monotonic() - opened.started) * 1000
@@ -514,6 +521,7 @@ class Router:
                     latency_ms=latency,
                     first_chunk_ms=opened.first_chunk_ms,
                     tokens=tokens,
+                    malformed=malformed,
                 ),
                 # Only a probe's success changes a breaker; anything else need not wait.
                 breaker_step=(lambda r: brk.on_success(r, now, policy, probe=True))
@@ -543,6 +551,7 @@ class Router:
                 first_chunk_ms=opened.first_chunk_ms,
                 error=error.reason(),
                 at=now,
+                malformed=malformed,
             ),
             breaker_step=lambda r: brk.on_failure(
                 r, now, policy, error.retry_after, probe=opened.probe

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import email.utils
 import json
 import random
 import time
@@ -42,6 +43,9 @@ class Behavior:
 
     status: int | None = None  # answer every request with this HTTP status
     retry_after: float | None = None  # Retry-After header (seconds) on error answers
+    retry_after_date: float | None = None  # Retry-After as an HTTP date this many s ahead
+    retry_after_ms: float | None = None  # retry-after-ms header on error answers
+    echo_key: bool = False  # error messages quote the key received (as some providers do)
     error_code: str | None = None  # OpenAI error "code", e.g. context_length_exceeded
     error_message: str | None = None
     stall_headers: float = 0.0  # seconds before the response headers
@@ -53,6 +57,11 @@ class Behavior:
     fail_first: int = 0  # the first N requests fail with fail_status
     fail_status: int = 503
     malformed: bool = False  # send a broken SSE event after the role chunk
+    reset: bool = False  # drop the connection before answering (a reset)
+    no_done: bool = False  # end after the finish_reason without "data: [DONE]"
+    no_finish: bool = False  # end cleanly with neither a finish_reason nor [DONE]
+    ignore_stream: bool = False  # answer a streaming request with one JSON object
+    stream_error_after: int | None = None  # after N content chunks, an error event (200)
     chunks: int = 5
     text: str = "Hello from the simulated backend."
     prompt_tokens: int = 12
@@ -105,6 +114,8 @@ class _Counters:
     disconnects: int = 0  # the client went away before the answer ended
     requests: list[dict[str, Any]] = field(default_factory=list)
     api_keys: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    peers: list[tuple[str, int] | None] = field(default_factory=list)
 
 
 class SimServer:
@@ -192,6 +203,16 @@ class SimServer:
         """The bearer keys received, in order (test keys only ever reach a sim)."""
         return list(self._c.api_keys)
 
+    @property
+    def headers(self) -> list[dict[str, str]]:
+        """The request headers received, in order (the last 200)."""
+        return list(self._c.headers)
+
+    @property
+    def peers(self) -> list[tuple[str, int] | None]:
+        """The client address of each request: a repeated one is a reused connection."""
+        return list(self._c.peers)
+
     def reset_counters(self) -> None:
         """Zero every counter."""
         self._c = _Counters()
@@ -233,6 +254,8 @@ class SimServer:
         self._record(request, body)
         finished = False
         try:
+            if b.reset:
+                return self._drop(request, web.StreamResponse())
             if b.stall_headers:
                 await asyncio.sleep(b.stall_headers)
             failing = (
@@ -245,8 +268,8 @@ class SimServer:
                 else None
             )
             if failing is not None:
-                resp: web.StreamResponse = self._error(failing, b)
-            elif body.get("stream"):
+                resp: web.StreamResponse = self._error(failing, b, self._c.api_keys[-1])
+            elif body.get("stream") and not b.ignore_stream:
                 resp = await self._stream(request, body, b)
             else:
                 resp = web.json_response(self._completion(body, b))
@@ -260,9 +283,12 @@ class SimServer:
         auth = request.headers.get("Authorization", "")
         key = auth.removeprefix("Bearer ").strip()
         self._c.api_keys = [*self._c.api_keys[-(_MAX_RECORDED - 1) :], key]
+        self._c.headers = [*self._c.headers[-(_MAX_RECORDED - 1) :], dict(request.headers)]
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self._c.peers = [*self._c.peers[-(_MAX_RECORDED - 1) :], peer]
 
     @staticmethod
-    def _error(status: int, b: Behavior) -> web.Response:
+    def _error(status: int, b: Behavior, key: str = "") -> web.Response:
         kind = {
             400: "invalid_request_error",
             401: "invalid_api_key",
@@ -276,9 +302,17 @@ class SimServer:
             "content_policy_violation": "Your request was rejected as a result of our "
             "safety system (content_policy_violation).",
         }.get(b.error_code or "", f"simulated {status} error")
+        if b.echo_key:
+            message += f" (Incorrect API key provided: {key})"
         headers = {}
         if b.retry_after is not None:
             headers["Retry-After"] = f"{b.retry_after:g}"
+        if b.retry_after_date is not None:
+            headers["Retry-After"] = email.utils.formatdate(
+                time.time() + b.retry_after_date, usegmt=True
+            )
+        if b.retry_after_ms is not None:
+            headers["retry-after-ms"] = f"{b.retry_after_ms:g}"
         payload = {
             "error": {"message": message, "type": kind, "param": None, "code": b.error_code or kind}
         }
@@ -373,9 +407,17 @@ class SimServer:
         for i, delta in enumerate(parts):
             if b.drop_after is not None and i >= b.drop_after:
                 return self._drop(request, resp)
+            if b.stream_error_after is not None and i >= b.stream_error_after:
+                error = {"error": {"message": "simulated error mid-stream", "code": 502}}
+                await resp.write(f"data: {json.dumps(error)}\n\n".encode())
+                await resp.write_eof()
+                return resp
             if i and b.chunk_delay:
                 await asyncio.sleep(b.chunk_delay)
             await resp.write(event(delta))
+        if b.no_finish:
+            await resp.write_eof()
+            return resp
         await resp.write(event({}, "tool_calls" if tool else "stop"))
         if (body.get("stream_options") or {}).get("include_usage") and not b.no_usage:
             usage: dict[str, Any] = {
@@ -387,7 +429,8 @@ class SimServer:
                 "usage": self._usage(b),
             }
             await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
+        if not b.no_done:
+            await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 

@@ -54,6 +54,7 @@ class MemberMetrics:
     timeouts: int = 0
     cancelled: int = 0
     skips: int = 0
+    malformed: int = 0  # SSE events skipped because they could not be read
     tokens: int = 0
     total_latency_ms: float = 0.0
     first_chunk_ms: tuple[float, ...] = field(default=())
@@ -69,6 +70,7 @@ class MemberMetrics:
             "timeouts": self.timeouts,
             "cancelled": self.cancelled,
             "skips": self.skips,
+            "malformedChunks": self.malformed,
             "tokens": self.tokens,
             "totalLatencyMs": self.total_latency_ms,
             "firstChunkMs": list(self.first_chunk_ms),
@@ -88,9 +90,11 @@ class MemberMetrics:
             timeouts=int(d.get("timeouts", 0)),
             cancelled=int(d.get("cancelled", 0)),
             skips=int(d.get("skips", 0)),
+            malformed=int(d.get("malformedChunks", 0)),
             tokens=int(d.get("tokens", 0)),
             total_latency_ms=float(d.get("totalLatencyMs", 0.0)),
-            first_chunk_ms=tuple(float(x) for x in d.get("firstChunkMs", ())),
+            # JSON numbers already: no per-sample conversion (this runs on every request).
+            first_chunk_ms=tuple(d.get("firstChunkMs") or ()),
             last_error=d.get("lastError"),
             last_error_at=d.get("lastErrorAt"),
         )
@@ -119,6 +123,7 @@ def record_attempt(
     tokens: int = 0,
     error: str | None = None,
     at: float | None = None,
+    malformed: int = 0,
 ) -> MemberMetrics:
     """Count one finished attempt."""
     if outcome is Outcome.CANCELLED:
@@ -134,6 +139,7 @@ def record_attempt(
         failures=m.failures + (not ok),
         timeouts=m.timeouts + (outcome is Outcome.TIMEOUT),
         tokens=m.tokens + tokens,
+        malformed=m.malformed + malformed,
         total_latency_ms=m.total_latency_ms + latency_ms,
         first_chunk_ms=samples,
         last_error=error if error is not None else m.last_error,
@@ -179,6 +185,7 @@ def build_stats(
             "avgLatencyMs": round(m.avg_latency_ms, 3),
             "cancelled": m.cancelled,
             "skips": m.skips,
+            "malformedChunks": m.malformed,
             "firstChunkP50Ms": None if p50 is None else round(p50, 3),
             "firstChunkP95Ms": None if p95 is None else round(p95, 3),
             "lastError": m.last_error,

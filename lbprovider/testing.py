@@ -3,13 +3,31 @@
 :class:`FakeClock` is a :class:`lbprovider.clock.Clock` whose time moves only when
 told to; its :meth:`FakeClock.sleep` advances it instantly, so retry delays and
 breaker recovery periods cost no real time.
+
+:class:`ScriptedTransport` is a :class:`lbprovider.transport.Transport` that plays a
+script per member — answers, errors, delays on the injected sleep, stalls — so routing
+can be tested without sockets or litellm::
+
+    clock = FakeClock()
+    transport = ScriptedTransport(sleep=clock.sleep)
+    transport.script("a", fail(503), answer("from a"))   # in order; the last one repeats
+    transport.script("b", answer("from b", chunks=3))
+    lb = LoadBalancingProvider(config, transport=transport, clock=clock, sleep=clock.sleep)
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["FakeClock"]
+from lbprovider.clock import Sleep
+from lbprovider.errors import TransportError
+from lbprovider.profiles import Member
+from lbprovider.transport import Chunk, ToolCallDelta, Usage, call_params
+
+__all__ = ["Answer", "Call", "Fail", "FakeClock", "ScriptedTransport", "answer", "fail", "stall"]
 
 
 class FakeClock:
@@ -38,3 +56,170 @@ class FakeClock:
         self.slept.append(seconds)
         self.advance(seconds)
         await asyncio.sleep(0)
+
+
+@dataclass(frozen=True)
+class Fail:
+    """A scripted failure before the first chunk (after ``delay`` on the injected sleep)."""
+
+    error: TransportError
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A scripted answer: ``text`` in ``chunks`` pieces, or tool-call deltas.
+
+    ``delay`` waits before the first chunk and ``chunk_delay`` between chunks (on the
+    injected sleep); ``stall`` never sends a first chunk (the attempt waits until the
+    engine's first-chunk timeout or the caller closes it); ``then`` raises after the
+    chunks instead of finishing (a stream cut mid-answer).
+    """
+
+    text: str = "ok"
+    chunks: int = 1
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    usage: Usage | None = None
+    finish_reason: str | None = "stop"
+    delay: float = 0.0
+    chunk_delay: float = 0.0
+    stall: bool = False
+    then: TransportError | None = None
+
+    def pieces(self) -> list[str]:
+        """The text split into ``chunks`` near-equal pieces."""
+        n = max(1, min(self.chunks, len(self.text))) if self.text else 0
+        bounds = [round(i * len(self.text) / n) for i in range(n + 1)] if n else []
+        return [self.text[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+Step = Answer | Fail
+
+
+def answer(text: str = "ok", **kwargs: Any) -> Answer:
+    """An :class:`Answer` step."""
+    return Answer(text=text, **kwargs)
+
+
+def fail(
+    status: int | None = None,
+    *,
+    retry_after: float | None = None,
+    code: str | None = None,
+    network: bool = False,
+    timeout: bool = False,
+    message: str | None = None,
+    delay: float = 0.0,
+) -> Fail:
+    """A :class:`Fail` step raising a :class:`TransportError` with these fields."""
+    text = message or (f"scripted {status} error" if status else "scripted failure")
+    return Fail(
+        TransportError(
+            text,
+            status=status,
+            retry_after=retry_after,
+            code=code,
+            network=network,
+            timeout=timeout,
+        ),
+        delay=delay,
+    )
+
+
+def stall() -> Answer:
+    """An answer that never sends its first chunk."""
+    return Answer(stall=True)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call the engine made: the member, the messages and the merged parameters."""
+
+    member: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+
+
+@dataclass
+class ScriptedTransport:
+    """A transport playing a script per member (see the module docstring).
+
+    Each member's steps are used in order, one per call; the last step repeats.  A
+    member with no script answers ``"ok"``.  ``calls`` records every call, ``closed``
+    counts the streams the engine closed (or cancelled) before they ended.
+    """
+
+    sleep: Sleep | None = None
+    calls: list[Call] = field(default_factory=list)
+    closed: int = 0
+    warm_ups: int = 0
+    _scripts: dict[str, list[Step]] = field(default_factory=dict)
+
+    def script(self, member: str, *steps: Step) -> ScriptedTransport:
+        """Set ``member``'s steps (replacing any earlier script)."""
+        self._scripts[member] = list(steps)
+        return self
+
+    def hits(self, member: str) -> int:
+        """How many calls reached ``member``."""
+        return sum(1 for c in self.calls if c.member == member)
+
+    async def warm_up(self) -> None:
+        """Counts warm-ups (nothing to warm)."""
+        self.warm_ups += 1
+
+    def _next(self, member: str) -> Step:
+        steps = self._scripts.get(member)
+        if not steps:
+            return Answer()
+        return steps.pop(0) if len(steps) > 1 else steps[0]
+
+    async def _wait(self, seconds: float) -> None:
+        if seconds > 0:
+            await (self.sleep or asyncio.sleep)(seconds)
+
+    async def stream(
+        self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+    ) -> AsyncIterator[Chunk]:
+        """Play ``member``'s next step."""
+        self.calls.append(
+            Call(member.name, [dict(m) for m in messages], call_params(member, params))
+        )
+        step = self._next(member.name)
+        try:
+            await self._wait(step.delay)
+            if isinstance(step, Fail):
+                raise _copy(step.error, member.name)
+            if step.stall:
+                await asyncio.Event().wait()
+            for i, piece in enumerate(step.pieces()):
+                if i:
+                    await self._wait(step.chunk_delay)
+                yield Chunk(text=piece, backend=member.name, model=member.litellm_model)
+            for delta in step.tool_calls:
+                yield Chunk(tool_calls=(delta,), backend=member.name, model=member.litellm_model)
+            if step.then is not None:
+                raise _copy(step.then, member.name)
+            usage = step.usage or Usage(prompt_tokens=10, completion_tokens=max(1, step.chunks))
+            yield Chunk(
+                finish_reason=step.finish_reason,
+                usage=usage,
+                backend=member.name,
+                model=member.litellm_model,
+            )
+        except (GeneratorExit, asyncio.CancelledError):
+            self.closed += 1
+            raise
+
+
+def _copy(error: TransportError, member: str) -> TransportError:
+    """A fresh exception per raise (a raised exception carries its traceback)."""
+    return TransportError(
+        error.message,
+        member=member,
+        status=error.status,
+        retry_after=error.retry_after,
+        code=error.code,
+        network=error.network,
+        timeout=error.timeout,
+    )

@@ -76,6 +76,8 @@ def member(
     eph: dict[str, Any] = {"base-url": base_url}
     if key is not None:
         eph["auth-key"] = key
+    if TRANSPORT["kind"] is not None:
+        eph["transport"] = TRANSPORT["kind"]
     eph.update(settings)
     return {
         "version": 1,
@@ -102,6 +104,17 @@ def lb(members: list[Any], policy: str = "failover", **settings: Any) -> dict[st
 
 ENGINE_KEY = "sk-engine-test-key-5678"
 
+# The transport the members of `member()` and `make_lb` use: None is each provider's
+# default (native for openai); `both_transports` runs a test once with each.
+TRANSPORT: dict[str, str | None] = {"kind": None}
+
+
+@pytest.fixture(params=["native", "litellm"])
+def both_transports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test over the native transport, then over litellm (SPEC §4.1: same rules)."""
+    monkeypatch.setitem(TRANSPORT, "kind", request.param)
+    return str(request.param)
+
 
 def make_lb(
     servers: dict[str, Any],
@@ -112,12 +125,18 @@ def make_lb(
     events: list[Any] | None = None,
     name: str = "lbtest",
     keys: dict[str, str] | None = None,
+    transport: Any = None,
+    member_settings: dict[str, dict[str, Any]] | None = None,
     **settings: Any,
 ) -> Any:
-    """A LoadBalancingProvider over sim servers (name -> SimServer or URL), memory store."""
+    """A LoadBalancingProvider over sim servers (name -> SimServer or URL), memory store.
+
+    Members use the transport kind of ``TRANSPORT`` (see ``both_transports``) unless
+    ``transport`` injects one transport for all; ``member_settings`` sets Member fields.
+    """
     from pydantic import SecretStr
 
-    from lbprovider.profiles import LoadBalancerConfig, Member, Policy
+    from lbprovider.profiles import LoadBalancerConfig, Member, Policy, TransportKind
     from lbprovider.provider import LoadBalancingProvider
     from lbprovider.settings import LBSettings
     from lbprovider.state.memory import MemoryStore
@@ -130,6 +149,8 @@ def make_lb(
             api_base=s if isinstance(s, str) else s.url,
             api_key=SecretStr((keys or {}).get(n, ENGINE_KEY)),
             model_params={},
+            transport=TransportKind(TRANSPORT["kind"]) if TRANSPORT["kind"] else None,
+            **(member_settings or {}).get(n, {}),
         )
         for n, s in servers.items()
     )
@@ -143,6 +164,7 @@ def make_lb(
     return LoadBalancingProvider(
         config,
         store=store if store is not None else MemoryStore(),
+        transport=transport,
         clock=clock,
         sleep=clock.sleep if clock is not None else None,
         on_event=events.append if events is not None else None,

@@ -133,6 +133,7 @@ def breaker_settings(**extra: object) -> dict[str, object]:
     }
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_open_member_gets_no_hits_until_recovery() -> None:
     """Once open, the failing member is skipped (no hits) until its recovery time."""
     async with serve("status=503") as a, serve() as b:
@@ -155,6 +156,7 @@ async def test_open_member_gets_no_hits_until_recovery() -> None:
         assert lb.stats()["circuitBreakerStates"]["a"]["state"] == "open"
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_exactly_one_probe_under_concurrency() -> None:
     """In half-open, one of many concurrent requests probes; the rest skip to the next."""
     async with serve("status=503") as a, serve() as b:
@@ -174,6 +176,7 @@ async def test_exactly_one_probe_under_concurrency() -> None:
         assert stats["circuitBreakerStates"]["a"]["state"] == "closed"  # probe succeeded
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_probe_failure_reopens_doubled() -> None:
     """A failed probe re-opens the breaker for twice the recovery time."""
     async with serve("status=503") as a, serve() as b:
@@ -193,6 +196,7 @@ async def test_probe_failure_reopens_doubled() -> None:
         assert state["recoveryAt"] == round((clock.now() + 60) * 1000)
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_retry_after_respected_by_breaker() -> None:
     """A Retry-After longer than the recovery time keeps the breaker open that long."""
     async with serve("status=503,retry_after=90") as a, serve() as b:
@@ -205,6 +209,7 @@ async def test_retry_after_respected_by_breaker() -> None:
         assert state["recoveryAt"] == round((clock.now() + 90) * 1000)
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_all_open_error_says_when_first_recovers() -> None:
     """With every member open, the error is retryable and names the first recovery."""
     async with serve() as a, serve() as b:
@@ -222,6 +227,7 @@ async def test_all_open_error_says_when_first_recovers() -> None:
         assert (a.hits, b.hits) == (0, 0)
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_breakers_shared_between_load_balancers() -> None:
     """A breaker belongs to the member: another LB on the same store sees it open."""
     async with serve("status=503") as a, serve() as b:
@@ -237,6 +243,7 @@ async def test_breakers_shared_between_load_balancers() -> None:
         assert a.hits == 1
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_disabled_breakers_record_nothing() -> None:
     """With breakers off (the default), failures never open anything."""
     async with serve("status=503") as a, serve() as b:

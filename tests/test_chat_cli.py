@@ -88,17 +88,18 @@ def test_chat_bad_input_exit_2(pair: None, args: list[str], message: str) -> Non
     assert result.exit_code == 2 and message in result.stderr
 
 
+@pytest.mark.parametrize("transport", ["native", "litellm"])
 def test_cold_process_does_not_time_out_healthy_backend(
-    write_profile: WriteProfile, isolated: Path
+    write_profile: WriteProfile, isolated: Path, transport: str
 ) -> None:
     """A fresh process with a tight first-chunk timeout is served by its healthy first member.
 
     Importing and warming litellm takes far longer than 300 ms; it must happen before
-    the first-chunk clock starts.
+    the first-chunk clock starts (and the native transport has nothing to warm).
     """
     with serve_in_thread("text=warm") as a, serve_in_thread("text=other") as b:
-        write_profile("a", member(base_url=a.url))
-        write_profile("b", member(base_url=b.url))
+        write_profile("a", member(base_url=a.url, transport=transport))
+        write_profile("b", member(base_url=b.url, transport=transport))
         write_profile("tight", lb(["a", "b"], timeout_ms=300, failover_retry_count=1))
         env = {**os.environ, "LBPROVIDER_HOME": str(isolated)}
         proc = run_process(env, "chat", "-p", "tight", "--json", "hi")

@@ -13,6 +13,7 @@ from lbprovider.sim import SimServer, serve_in_thread
 from tests.conftest import WriteProfile, lb, member
 
 litellm = pytest.importorskip("litellm")
+pytestmark = pytest.mark.usefixtures("both_transports")
 
 from lbprovider.integrations.litellm_provider import handler, register  # noqa: E402
 

@@ -18,7 +18,7 @@ import pytest
 from lbprovider.sim import SimServer, serve_in_thread
 from tests.conftest import WriteProfile, lb, member
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("both_transports")]
 openai = pytest.importorskip("openai")
 pytest.importorskip("litellm.proxy.proxy_server", reason="litellm[proxy] extras not installed")
 

@@ -17,6 +17,7 @@ from tests.conftest import WriteProfile, lb, member
 
 llm_cli = pytest.importorskip("llm.cli")
 pytest.importorskip("litellm")
+pytestmark = pytest.mark.usefixtures("both_transports")
 
 TOOL = 'def get_weather(city: str) -> str:\n    "Weather of a city."\n    return "sunny"\n'
 

@@ -113,6 +113,10 @@ def test_breaker_across_processes(
             failover_retry_count=1,
             circuit_breaker_enabled=True,
             circuit_breaker_failure_threshold=1,
+            # Far longer than three cold processes can take on any machine: the breaker
+            # must still be open for the third, however slow the machine is.
+            circuit_breaker_recovery_timeout_ms=86_400_000,
+            circuit_breaker_max_recovery_timeout_ms=86_400_000,
         ),
     )
     a.behavior = a.behavior.parse("status=503")

@@ -23,7 +23,7 @@ from lbprovider.sim import serve
 from lbprovider.testing import FakeClock
 from tests.conftest import ENGINE_KEY, HI, METRIC_KEYS, SPEC_KEYS, make_lb
 
-pytest.importorskip("litellm")
+pytestmark = pytest.mark.usefixtures("both_transports")
 
 
 async def backends_of(lb: Any, n: int) -> list[str | None]:

@@ -74,6 +74,7 @@ async def test_wrapper_without_timeout_waits() -> None:
 # -- over HTTP -----------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_first_chunk_timeout_fails_over_and_closes_upstream() -> None:
     """A stalled first chunk times out, counts as a timeout, closes the upstream, fails over."""
     async with serve("stall_first_chunk=30") as a, serve() as b:
@@ -86,6 +87,7 @@ async def test_first_chunk_timeout_fails_over_and_closes_upstream() -> None:
         assert (metrics["timeouts"], metrics["failures"]) == (2, 2)
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_role_chunk_does_not_count_as_first_chunk() -> None:
     """The sim sends the role chunk at once; only content stops the clock."""
     async with serve("stall_first_chunk=30") as a, serve() as b:
@@ -93,6 +95,7 @@ async def test_role_chunk_does_not_count_as_first_chunk() -> None:
         assert (await lb.complete(HI)).backend == "b"
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_slow_stream_after_fast_first_chunk_not_cut() -> None:
     """After the first chunk nothing is timed: a slow stream completes."""
     async with serve("chunks=4,chunk_delay=0.15") as a, serve() as b:
@@ -155,6 +158,7 @@ def test_estimate_tokens() -> None:
     assert window.estimate_tokens([], "") == 1
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_tpm_skips_slow_member_but_never_everything() -> None:
     """A member with low rolling TPM is skipped; when all are low, one still serves."""
     async with (
@@ -173,6 +177,7 @@ async def test_tpm_skips_slow_member_but_never_everything() -> None:
         assert stats["backendMetrics"]["b"]["skips"] == 1
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_tpm_skip_prefers_member_without_history() -> None:
     """A low-TPM member is passed over for one with no history (never skipped)."""
     async with serve() as a, serve() as b:

@@ -1,10 +1,12 @@
-"""Transport: one member = one litellm streaming call, as small typed chunks.
+"""The ``litellm`` transport: one member = one streamed ``litellm.acompletion`` call.
 
-litellm is imported lazily, on the first call (``warm_up``), because importing it
-costs seconds; nothing else in the package imports it.  The stream yields only
-chunks that carry something (text, tool-call deltas, a finish reason or usage):
-a role-only chunk is dropped, so the first item *is* the first content chunk the
-first-chunk timeout waits for.  Closing the iterator closes the upstream stream.
+For every provider the native transport does not speak (SPEC §4.1).  litellm is
+imported lazily, on the first call (``warm_up``), because importing it costs seconds;
+nothing else in the package imports it.  litellm's exceptions are translated here, at
+the boundary, into :class:`~lbprovider.errors.TransportError` — facts this relies on
+(docs/design.md): every error carries ``status_code``; a refused connection is a 500
+"Connection error." whose cause chain holds the connect error; ``Retry-After`` is in
+``litellm_response_headers``.  Closing the iterator closes the upstream stream.
 """
 
 from __future__ import annotations
@@ -12,95 +14,114 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from lbprovider.errors import TransportError
 from lbprovider.profiles import Member
+from lbprovider.redaction import scrub
+from lbprovider.transport import (
+    Chunk,
+    ToolCallDelta,
+    Usage,
+    call_params,
+    member_secrets,
+    parse_retry_after,
+)
 
-__all__ = ["RESERVED_KWARGS", "Chunk", "LiteLLMTransport", "ToolCallDelta", "Transport", "Usage"]
+__all__ = ["LiteLLMTransport", "convert_chunk", "to_transport_error", "warm_up"]
 
-# Caller keyword arguments that would override what the member decides, or our own
-# retry/stream handling: dropped so that a key never leaks from caller to member.
-RESERVED_KWARGS = frozenset(
+# litellm's classes for a request the provider refused on its content, by error code.
+_CODE_OF_CLASS = {
+    "ContextWindowExceededError": "context_length_exceeded",
+    "ContentPolicyViolationError": "content_policy_violation",
+}
+_TIMEOUT_CLASSES = frozenset({"Timeout", "APITimeoutError", "ReadTimeout", "ConnectTimeout"})
+_NETWORK_CLASS_NAMES = frozenset(
     {
-        "model",
-        "messages",
-        "api_key",
-        "api_base",
-        "base_url",
-        "stream",
-        "stream_options",
-        "max_retries",
-        "num_retries",
-        "custom_llm_provider",
-        "mock_response",
-        "fallbacks",
+        # httpx / httpcore, underneath litellm's openai client
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadError",
+        "ReadTimeout",
+        "WriteError",
+        "RemoteProtocolError",
+        "NetworkError",
+        "PoolTimeout",
+        # aiohttp, litellm's other HTTP client
+        "ClientConnectorError",
+        "ClientConnectionError",
+        "ClientOSError",
+        "ServerDisconnectedError",
+        "ClientPayloadError",
+        "ServerTimeoutError",
+        "ClientConnectionResetError",
+        # openai / litellm
+        "APIConnectionError",
+        "MidStreamFallbackError",
     }
+)
+_NETWORK_MESSAGES = re.compile(
+    r"connection error|connection refused|connection reset|name or service not known|"
+    r"temporary failure in name resolution|response payload is not completed|"
+    r"server disconnected|timeout on reading data",
+    re.I,
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts of one answer."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        """prompt + completion."""
-        return self.prompt_tokens + self.completion_tokens
-
-    def to_dict(self) -> dict[str, int]:
-        """OpenAI's usage object."""
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 20:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCallDelta:
-    """A piece of a streamed tool call (OpenAI delta format)."""
-
-    index: int
-    id: str | None = None
-    name: str | None = None
-    arguments: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One streamed piece of an answer. ``backend`` names the member that served it."""
-
-    text: str = ""
-    tool_calls: tuple[ToolCallDelta, ...] = ()
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    backend: str | None = None
-    model: str | None = None
-
-    @property
-    def is_content(self) -> bool:
-        """Text or a tool-call delta (a role-only chunk is not content)."""
-        return bool(self.text or self.tool_calls)
+def _is_network_error(chain: list[BaseException]) -> bool:
+    """Connection refused/reset, DNS, read errors: anywhere in the cause chain."""
+    for e in chain:
+        if isinstance(e, ConnectionError | socket.gaierror | TimeoutError):
+            return True
+        if type(e).__name__ in _NETWORK_CLASS_NAMES:
+            return True
+        if _NETWORK_MESSAGES.search(str(e)):
+            return True
+    return False
 
 
-class Transport(Protocol):
-    """How the engine reaches one member."""
+def _headers(exc: BaseException) -> Mapping[str, Any] | None:
+    headers = getattr(exc, "litellm_response_headers", None)
+    if headers:
+        return dict(headers)
+    response = getattr(exc, "response", None)
+    raw = getattr(response, "headers", None)
+    return dict(raw) if raw else None
 
-    async def warm_up(self) -> None:
-        """One-time set-up that must not count against the first-chunk timeout."""
-        ...
 
-    def stream(
-        self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
-    ) -> AsyncIterator[Chunk]:
-        """Stream one answer from ``member``; closing the iterator closes the upstream."""
-        ...
+def to_transport_error(exc: BaseException, member: Member) -> TransportError:
+    """litellm's exception (or anything under it) as the neutral transport error."""
+    chain = _chain(exc)
+    names = {type(e).__name__ for e in chain}
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    network = _is_network_error(chain)
+    code = next((_CODE_OF_CLASS[n] for n in names if n in _CODE_OF_CLASS), None)
+    if code is None:
+        raw_code = getattr(exc, "code", None)
+        code = raw_code if isinstance(raw_code, str) and raw_code else None
+    return TransportError(
+        scrub(str(exc) or type(exc).__name__, member_secrets(member)),
+        member=member.name,
+        # litellm reports a refused connection as a synthetic 500: no response came.
+        status=None if network and status == 500 else status,
+        retry_after=parse_retry_after(_headers(exc)),
+        code=code,
+        network=network,
+        timeout=bool(names & _TIMEOUT_CLASSES) or status == 408,
+    )
 
 
 def _load_litellm() -> Any:
@@ -179,8 +200,7 @@ class LiteLLMTransport:
         self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
     ) -> dict[str, Any]:
         """The keyword arguments of one backend call (member settings win)."""
-        kwargs: dict[str, Any] = {**member.model_params}
-        kwargs.update({k: v for k, v in params.items() if k not in RESERVED_KWARGS})
+        kwargs = call_params(member, params)
         kwargs.update(
             model=member.litellm_model,
             messages=list(messages),
@@ -202,12 +222,17 @@ class LiteLLMTransport:
     ) -> AsyncIterator[Chunk]:
         """Yield the member's answer as chunks; the upstream is closed on exit."""
         await self.warm_up()
-        response = await self._litellm.acompletion(**self.call_kwargs(member, messages, params))
+        try:
+            response = await self._litellm.acompletion(**self.call_kwargs(member, messages, params))
+        except Exception as exc:
+            raise to_transport_error(exc, member) from exc
         try:
             async for raw in response:
                 chunk = convert_chunk(raw, member)
                 if chunk is not None:
                     yield chunk
+        except Exception as exc:
+            raise to_transport_error(exc, member) from exc
         finally:
             close = getattr(response, "aclose", None)
             if close is not None:

@@ -1,0 +1,217 @@
+"""Transports (SPEC §4.1): how the engine reaches one member, and what comes back.
+
+A transport streams one answer from one member as :class:`Chunk` objects and raises
+only :class:`~lbprovider.errors.TransportError` (status, ``Retry-After``, the
+provider's error code, network and timeout flags, a message with secrets removed):
+it translates its own client library's failures at its boundary, so the routing
+rules never meet litellm's, aiohttp's or an SDK's classes.
+
+- ``native`` (:mod:`lbprovider.transport.native`): OpenAI-compatible HTTP + SSE over
+  aiohttp, one connection pool per event loop; no litellm, no SDK.
+- ``litellm`` (:mod:`lbprovider.transport.litellm`): ``litellm.acompletion``, imported
+  and warmed up on first use.
+
+:class:`TransportSet` picks a member's transport by its ``transport`` setting and
+builds each kind on first use, so a process whose members are all native never
+imports litellm.  Tests inject one transport for every member
+(:class:`lbprovider.testing.ScriptedTransport`).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lbprovider.profiles import Member, TransportKind
+
+__all__ = [
+    "RESERVED_KWARGS",
+    "Chunk",
+    "ToolCallDelta",
+    "Transport",
+    "TransportSet",
+    "Usage",
+    "call_params",
+    "member_secrets",
+    "parse_retry_after",
+]
+
+# Caller keyword arguments that would override what the member decides, or our own
+# retry/stream handling: dropped so that a key never leaks from caller to member.
+RESERVED_KWARGS = frozenset(
+    {
+        "model",
+        "messages",
+        "api_key",
+        "api_base",
+        "base_url",
+        "stream",
+        "stream_options",
+        "max_retries",
+        "num_retries",
+        "custom_llm_provider",
+        "mock_response",
+        "fallbacks",
+    }
+)
+_OUTPUT_CAPS = ("max_tokens", "max_completion_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one answer."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """prompt + completion."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        """OpenAI's usage object."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call (OpenAI delta format)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One streamed piece of an answer. ``backend`` names the member that served it.
+
+    ``malformed`` counts the events the transport skipped just before this chunk
+    because they could not be read (SPEC §3.4); the engine adds them to the
+    member's ``malformedChunks``.
+    """
+
+    text: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    backend: str | None = None
+    model: str | None = None
+    malformed: int = 0
+
+    @property
+    def is_content(self) -> bool:
+        """Text or a tool-call delta (a role-only chunk is not content)."""
+        return bool(self.text or self.tool_calls)
+
+
+class Transport(Protocol):
+    """How the engine reaches one member."""
+
+    async def warm_up(self) -> None:
+        """One-time set-up that must not count against the first-chunk timeout."""
+        ...
+
+    def stream(
+        self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+    ) -> AsyncIterator[Chunk]:
+        """Stream one answer from ``member``; closing the iterator closes the upstream.
+
+        Yields only chunks that carry something (text, tool-call deltas, a finish
+        reason, usage), so the first one is what the first-chunk timeout waits for.
+        Raises :class:`~lbprovider.errors.TransportError` and nothing else (but
+        cancellation).
+        """
+        ...
+
+
+def call_params(member: Member, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The request parameters for ``member``: its ``modelParams`` (the load balancer's
+    merged on top), then the caller's keyword arguments except reserved ones, with
+    ``max_tokens`` / ``max_completion_tokens`` lowered to ``max-output-tokens``."""
+    out: dict[str, Any] = {**member.model_params}
+    out.update({k: v for k, v in params.items() if k not in RESERVED_KWARGS})
+    cap = member.max_output_tokens
+    if cap is not None:
+        for key in _OUTPUT_CAPS:
+            value = out.get(key)
+            if isinstance(value, int) and value > cap:
+                out[key] = cap
+    return out
+
+
+def member_secrets(member: Member) -> tuple[str, ...]:
+    """The secret values a message about ``member`` must never show."""
+    return (member.api_key.get_secret_value(),) if member.api_key is not None else ()
+
+
+def parse_retry_after(headers: Mapping[str, Any] | None, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` in seconds or as an
+    HTTP date (relative to ``now``, epoch seconds; default the wall clock)."""
+    if not headers:
+        return None
+    lower = {str(k).lower(): v for k, v in headers.items()}
+    if (ms := lower.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except (TypeError, ValueError):
+            pass
+    value = lower.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _native() -> Transport:
+    from lbprovider.transport.native import NativeTransport
+
+    return NativeTransport()
+
+
+def _litellm() -> Transport:
+    from lbprovider.transport.litellm import LiteLLMTransport
+
+    return LiteLLMTransport()
+
+
+_FACTORIES: dict[TransportKind, Callable[[], Transport]] = {
+    TransportKind.NATIVE: _native,
+    TransportKind.LITELLM: _litellm,
+}
+
+
+class TransportSet:
+    """Which transport calls which member: one of each kind, built on first use.
+
+    ``only`` replaces every kind with one transport (tests, benchmarks).
+    """
+
+    def __init__(self, only: Transport | None = None) -> None:
+        self._only = only
+        self._built: dict[TransportKind, Transport] = {}
+
+    def for_member(self, member: Member) -> Transport:
+        """The transport that calls ``member``."""
+        if self._only is not None:
+            return self._only
+        transport = self._built.get(member.transport)
+        if transport is None:
+            transport = self._built[member.transport] = _FACTORIES[member.transport]()
+        return transport

@@ -1,0 +1,395 @@
+"""The ``native`` transport: OpenAI-compatible chat completions over HTTP + SSE (SPEC §4.1).
+
+``POST {base-url}/chat/completions`` with ``stream: true`` and
+``stream_options.include_usage``, through aiohttp (chosen over httpx + httpx-sse by
+measurement: about half the CPU per streamed chunk, docs/design.md), with the member's
+key as a bearer header.  No litellm and no SDK on this path: a CLI call costs what
+Python, aiohttp and our code cost.
+
+The SSE stream is read line by line and each ``data:`` event decoded with
+``json.loads``.  An event that is not valid JSON is skipped and counted (the count
+rides on the next chunk, :attr:`Chunk.malformed`); ``data: [DONE]`` ends the answer,
+and so does the end of the body after a ``finish_reason``; a body that ends with
+neither, or a connection that drops, is a network error.  A backend that answers a
+streaming request with one JSON object (it ignored ``stream``) is read as one chunk.
+
+Every failure leaves as :class:`~lbprovider.errors.TransportError`: an HTTP error
+status with its ``Retry-After`` and the provider's error code, a refused or broken
+connection naming host and port, all with the member's key scrubbed out.
+
+Connections are pooled: one ``aiohttp.ClientSession`` per event loop, shared by every
+load balancer of the process, closed when that loop shuts down (``asyncio.run`` and
+pytest's loops finalise async generators, which is the hook used) or by
+:func:`close_pool`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from lbprovider import __version__
+from lbprovider.errors import TransportError
+from lbprovider.profiles import Member
+from lbprovider.redaction import scrub
+from lbprovider.transport import (
+    Chunk,
+    ToolCallDelta,
+    Usage,
+    call_params,
+    member_secrets,
+    parse_retry_after,
+)
+
+__all__ = ["DEFAULT_BASE_URL", "NativeTransport", "close_pool", "pool"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+CONNECT_TIMEOUT_S = 30.0
+_ERROR_BODY_LIMIT = 64 * 1024
+_LINE_LIMIT = 16 * 1024 * 1024
+_USER_AGENT = f"lbprovider/{__version__}"
+# Parameters that shape the HTTP request itself, not the JSON body.
+_CLIENT_PARAMS = frozenset({"extra_headers", "extra_body", "extra_query", "timeout"})
+
+
+# -- the pool: one session per event loop --------------------------------------------------
+
+
+class _Pools:
+    """Process-wide: the session of each live event loop, and its closer."""
+
+    sessions: ClassVar[
+        weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]
+    ] = weakref.WeakKeyDictionary()
+    # A started async generator per loop whose ``finally`` closes that loop's session:
+    # the loop finalises it on shutdown (``shutdown_asyncgens``). Held here because the
+    # loop keeps only a weak reference.
+    closers: ClassVar[
+        weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]]
+    ] = weakref.WeakKeyDictionary()
+
+
+async def _close_at_shutdown(
+    loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession
+) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        # Forget the loop too: the session refers to it, so keeping the entry would
+        # keep every finished loop alive.
+        if _Pools.sessions.get(loop) is session:
+            del _Pools.sessions[loop]
+            _Pools.closers.pop(loop, None)
+        await session.close()
+
+
+async def pool() -> aiohttp.ClientSession:
+    """The running loop's connection pool, made on first use."""
+    loop = asyncio.get_running_loop()
+    session = _Pools.sessions.get(loop)
+    if session is None or session.closed:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
+            # Honour HTTP(S)_PROXY / NO_PROXY as httpx-based clients (litellm) do.
+            trust_env=True,
+            headers={"User-Agent": _USER_AGENT},
+        )
+        _Pools.sessions[loop] = session
+        closer = _close_at_shutdown(loop, session)
+        await anext(closer)
+        _Pools.closers[loop] = closer
+    return session
+
+
+async def close_pool() -> None:
+    """Close the running loop's pool now (idempotent)."""
+    closer = _Pools.closers.get(asyncio.get_running_loop())
+    if closer is not None:
+        await closer.aclose()
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+def endpoint(member: Member) -> str:
+    """``{base-url}/chat/completions`` (OpenAI's own API when no base URL is set)."""
+    return (member.api_base or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+
+
+def _bearer(member: Member) -> str | None:
+    if member.api_key is not None:
+        return member.api_key.get_secret_value()
+    # SPEC §2.1: no key configured → the provider's own default variable.
+    return os.environ.get("OPENAI_API_KEY") or None
+
+
+def build_request(
+    member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The JSON body and the headers of one streamed chat-completion request."""
+    merged = call_params(member, params)
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    extra_headers = merged.get("extra_headers")
+    if isinstance(extra_headers, Mapping):
+        headers.update({str(k): str(v) for k, v in extra_headers.items()})
+    key = _bearer(member)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    body = {k: v for k, v in merged.items() if k not in _CLIENT_PARAMS}
+    extra_body = merged.get("extra_body")
+    if isinstance(extra_body, Mapping):
+        body.update(extra_body)
+    body.update(
+        model=member.model,
+        messages=list(messages),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    return body, headers
+
+
+# -- reading answers ------------------------------------------------------------------------
+
+
+def _tool_calls(raw: Any) -> tuple[ToolCallDelta, ...]:
+    calls = []
+    for position, tc in enumerate(raw):
+        if not isinstance(tc, dict):
+            continue
+        fn = tc.get("function") or {}
+        index = tc.get("index")
+        calls.append(
+            ToolCallDelta(
+                index=index if isinstance(index, int) else position,
+                id=tc.get("id"),
+                name=fn.get("name"),
+                arguments=fn.get("arguments") or "",
+            )
+        )
+    return tuple(calls)
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+    )
+
+
+def to_chunk(event: dict[str, Any], member: Member, malformed: int = 0) -> Chunk | None:
+    """One ``chat.completion.chunk`` event (or a whole ``chat.completion``) as a Chunk;
+    None when it carries nothing (the role-only first event)."""
+    text = ""
+    tools: tuple[ToolCallDelta, ...] = ()
+    finish = None
+    choices = event.get("choices")
+    if choices and isinstance(choices, list):
+        choice = choices[0]
+        delta = choice.get("delta") or choice.get("message") or {}
+        content = delta.get("content")
+        text = content if isinstance(content, str) else ""
+        calls = delta.get("tool_calls")
+        if calls:
+            tools = _tool_calls(calls)
+        finish = choice.get("finish_reason")
+    usage = _usage(event.get("usage"))
+    if not (text or tools or finish or usage or malformed):
+        return None
+    return Chunk(
+        text=text,
+        tool_calls=tools,
+        finish_reason=finish,
+        usage=usage,
+        backend=member.name,
+        model=member.litellm_model,
+        malformed=malformed,
+    )
+
+
+def _error_fields(payload: Any) -> tuple[str | None, str | None, int | None]:
+    """(message, code, numeric code) from an OpenAI-style error object, or None."""
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    if isinstance(error, str):
+        return error, None, None
+    if not isinstance(error, dict):
+        return None, None, None
+    message = error.get("message")
+    code = error.get("code")
+    return (
+        message if isinstance(message, str) else None,
+        code if isinstance(code, str) and code else None,
+        code if isinstance(code, int) else None,
+    )
+
+
+class NativeTransport:
+    """Streams OpenAI-compatible chat completions over aiohttp; see the module docstring."""
+
+    async def warm_up(self) -> None:
+        """Nothing to warm: aiohttp is imported with this module, the pool on first use."""
+
+    async def stream(
+        self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+    ) -> AsyncIterator[Chunk]:
+        """Yield the member's answer as chunks; closing the iterator closes the connection."""
+        body, headers = build_request(member, messages, params)
+        url = endpoint(member)
+        session = await pool()
+        try:
+            response = await session.post(
+                url, data=json.dumps(body, ensure_ascii=False).encode(), headers=headers
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _network_error(exc, member, url, connecting=True) from exc
+        done = False
+        try:
+            if response.status >= 400:
+                raise await _http_error(response, member)
+            if response.content_type == "application/json":
+                chunk = to_chunk(await _json_body(response, member, url), member)
+                if chunk is not None:
+                    yield chunk
+            else:
+                async for chunk in _events(response, member):
+                    yield chunk
+            done = True
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _network_error(exc, member, url, connecting=False) from exc
+        finally:
+            # A finished answer gives its connection back to the pool; anything else
+            # (an error, the caller or a timeout closing us) closes it, so the backend
+            # sees the disconnect.
+            if done:
+                response.release()
+            else:
+                response.close()
+
+
+async def _events(response: aiohttp.ClientResponse, member: Member) -> AsyncIterator[Chunk]:
+    """The SSE events of a streamed answer, as chunks (see the module docstring).
+
+    Each ``data:`` line is one event: OpenAI-compatible servers put every event on one
+    line, and reading lines from whatever blocks arrive has no line-length limit.
+    """
+    pending = b""
+    malformed = 0
+    finished = done = False
+    async for block in response.content.iter_any():
+        lines = (pending + block).split(b"\n") if pending else block.split(b"\n")
+        pending = lines.pop()
+        if len(pending) > _LINE_LIMIT:
+            raise TransportError(
+                f"an event longer than {_LINE_LIMIT} bytes", member=member.name, network=True
+            )
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue  # blank separators, "event:", "id:", ": comments"
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                done = True
+                break
+            try:
+                event = json.loads(payload)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                malformed += 1
+                continue
+            if event.get("error"):
+                raise _stream_error(event, member)
+            chunk = to_chunk(event, member, malformed)
+            if chunk is not None:
+                malformed = 0
+                finished = finished or chunk.finish_reason is not None
+                yield chunk
+        if done:
+            break
+    if not (done or finished):
+        raise TransportError(
+            "the stream ended before the answer finished (no finish_reason, no [DONE])",
+            member=member.name,
+            network=True,
+        )
+    if malformed:
+        yield Chunk(backend=member.name, model=member.litellm_model, malformed=malformed)
+
+
+async def _json_body(response: aiohttp.ClientResponse, member: Member, url: str) -> dict[str, Any]:
+    raw = await response.read()
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise TransportError(
+            f"{_where(url)} answered with a body that is not a chat completion",
+            member=member.name,
+            status=response.status,
+        )
+    if payload.get("error"):
+        raise _stream_error(payload, member)
+    return payload
+
+
+async def _http_error(response: aiohttp.ClientResponse, member: Member) -> TransportError:
+    raw = await response.content.read(_ERROR_BODY_LIMIT)
+    try:
+        payload: Any = json.loads(raw)
+    except ValueError:
+        payload = raw.decode("utf-8", "replace").strip()
+    message, code, _ = _error_fields(payload)
+    return TransportError(
+        scrub(message or response.reason or f"HTTP {response.status}", member_secrets(member)),
+        member=member.name,
+        status=response.status,
+        retry_after=parse_retry_after(response.headers),
+        code=code,
+    )
+
+
+def _stream_error(event: Mapping[str, Any], member: Member) -> TransportError:
+    """An error object inside a 200 stream (OpenRouter and others do this)."""
+    message, code, number = _error_fields(event)
+    return TransportError(
+        scrub(message or "the backend reported an error in the stream", member_secrets(member)),
+        member=member.name,
+        status=number if number is not None and 400 <= number <= 599 else None,
+        code=code,
+    )
+
+
+def _where(url: str) -> str:
+    """``host:port`` of a URL, for messages (never its user info or query)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return "the backend"
+    return f"{parts.hostname}:{port}"
+
+
+def _network_error(
+    exc: BaseException, member: Member, url: str, *, connecting: bool
+) -> TransportError:
+    if connecting:
+        what = f"cannot connect to {_where(url)}"
+    else:
+        what = f"the connection to {_where(url)} broke"
+    errno = exc.errno if isinstance(exc, OSError) else None
+    detail = os.strerror(errno) if errno else (str(exc) or type(exc).__name__)
+    return TransportError(
+        scrub(f"{what}: {detail}", member_secrets(member)),
+        member=member.name,
+        network=True,
+        timeout=isinstance(exc, TimeoutError),
+    )
