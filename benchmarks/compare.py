@@ -332,13 +332,14 @@ async def selection_cost(sizes: tuple[int, ...], rounds: int) -> dict[str, dict[
             clock=SystemClock(),
             sleep=real_sleep,
         )
+        selection = ours.selection
         for _ in range(50):
-            start = await ours.start()
-            await ours.admission(ours.config.members[start.index])
+            start = await selection.start()
+            await selection.admit(ours.config.members[start.index])
         t0 = time.perf_counter()
         for _ in range(rounds):
-            start = await ours.start()
-            await ours.admission(ours.config.members[start.index])
+            start = await selection.start()
+            await selection.admit(ours.config.members[start.index])
         out["lbprovider"][n] = (time.perf_counter() - t0) / rounds * 1e6
 
         theirs = router_for(urls)
@@ -490,7 +491,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "## Selection cost (no HTTP)",
         "",
-        "Microseconds per selection. lbprovider: `Router.start()` + `Router.admission()` "
+        "Microseconds per selection. lbprovider: `Selection.start()` + `Selection.admit()` "
         "(ticket and start index, breaker and TPM check, `memory://`). litellm Router: "
         "`async_get_available_deployment` (simple-shuffle).",
         "",

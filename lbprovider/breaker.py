@@ -7,6 +7,11 @@ it atomically (read-modify-write), which is what makes "exactly one half-open
 probe" hold across tasks and processes.  Thresholds come from the calling load
 balancer's settings (:class:`BreakerPolicy`).
 
+The half-open probe holds its slot until it finishes, however slow: it takes a lease
+of :data:`PROBE_LEASE_S` that its process renews every :data:`PROBE_RENEW_S` while the
+probe runs (:func:`keep_probe`).  Only a probe whose process died stops renewing, and
+its slot frees when the lease runs out.
+
 Why not pybreaker's code (docs/design.md): its clock is ``datetime.now`` inside the
 module, it counts consecutive failures with no window, half-open admits every
 concurrent call, it has no asyncio support and counts ``CancelledError``, and its
@@ -16,27 +21,39 @@ per behaviour, pluggable storage (the state store), listeners (the event hook).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from lbprovider.clock import Clock
 from lbprovider.settings import LBSettings
 from lbprovider.state import StateStore, breaker_key
 
 __all__ = [
+    "PROBE_LEASE_S",
+    "PROBE_RENEW_S",
     "Admission",
     "BreakerPolicy",
     "BreakerRecord",
     "BreakerState",
+    "BreakerUpdate",
     "admit",
     "bench",
     "bench_member",
+    "keep_probe",
     "on_failure",
     "on_release",
     "on_success",
+    "renew_probe",
     "unbench",
     "unbench_member",
 ]
+
+
+PROBE_LEASE_S = 30.0
+PROBE_RENEW_S = 10.0
 
 
 class BreakerState(StrEnum):
@@ -87,6 +104,8 @@ class BreakerRecord:
     recovery_at: float | None = None  # open until then
     recovery_s: float = 0.0  # the open period in force (doubles on each re-open)
     probe_started_at: float | None = None  # half-open: when the probe was admitted
+    probe_until: float | None = None  # half-open: the probe's lease (renewed while it runs)
+    probe_id: str | None = None  # which probe holds the lease
     manual: bool = False  # benched by an operator
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +117,8 @@ class BreakerRecord:
             "recoveryAt": self.recovery_at,
             "recoveryS": self.recovery_s,
             "probeStartedAt": self.probe_started_at,
+            "probeUntil": self.probe_until,
+            "probeId": self.probe_id,
             "manual": self.manual,
         }
 
@@ -113,6 +134,8 @@ class BreakerRecord:
             recovery_at=d.get("recoveryAt"),
             recovery_s=float(d.get("recoveryS", 0.0)),
             probe_started_at=d.get("probeStartedAt"),
+            probe_until=d.get("probeUntil"),
+            probe_id=d.get("probeId"),
             manual=bool(d.get("manual", False)),
         )
 
@@ -131,12 +154,42 @@ class BreakerRecord:
         return sum(1 for t in self.failures if t > now - window_s)
 
 
+class BreakerUpdate:
+    """A store updater applying a breaker step; remembers state changes for events."""
+
+    def __init__(self, step: Callable[[BreakerRecord], BreakerRecord]) -> None:
+        self.step = step
+        self.changes: list[str] = []
+        self.before = BreakerRecord()
+        self.after = BreakerRecord()
+
+    def __call__(self, raw: Any) -> Any:
+        self.before = BreakerRecord.from_dict(raw)
+        self.after = self.step(self.before)
+        # Assigned, not appended: a store may run an updater again after a retry.
+        self.changes = [self.after.state.value] if self.after.state is not self.before.state else []
+        return self.after.to_dict()
+
+
 def _closed() -> BreakerRecord:
     return BreakerRecord()
 
 
-def admit(rec: BreakerRecord, now: float, policy: BreakerPolicy) -> tuple[Admission, BreakerRecord]:
-    """Decide one attempt. Taking the half-open probe is part of the same update."""
+def _probe(rec: BreakerRecord, now: float, probe_id: str) -> BreakerRecord:
+    return replace(
+        rec,
+        state=BreakerState.HALF_OPEN,
+        probe_started_at=now,
+        probe_until=now + PROBE_LEASE_S,
+        probe_id=probe_id,
+    )
+
+
+def admit(
+    rec: BreakerRecord, now: float, policy: BreakerPolicy, probe_id: str = "probe"
+) -> tuple[Admission, BreakerRecord]:
+    """Decide one attempt. Taking the half-open probe (``probe_id`` holds its lease) is
+    part of the same update."""
     if rec.state is BreakerState.OPEN:
         if rec.recovery_at is not None and now < rec.recovery_at:
             return Admission.SKIP, rec
@@ -144,17 +197,22 @@ def admit(rec: BreakerRecord, now: float, policy: BreakerPolicy) -> tuple[Admiss
             return Admission.ALLOW, _closed()
         if not policy.enabled:
             return Admission.ALLOW, rec
-        return Admission.PROBE, replace(rec, state=BreakerState.HALF_OPEN, probe_started_at=now)
+        return Admission.PROBE, _probe(rec, now, probe_id)
     if rec.state is BreakerState.HALF_OPEN:
         if not policy.enabled:
             return Admission.ALLOW, rec
-        # A probe whose process died must not block the member forever: its lease
-        # lasts one recovery period.
-        lease = max(rec.recovery_s, policy.recovery_s)
-        if rec.probe_started_at is not None and now < rec.probe_started_at + lease:
+        if rec.probe_until is not None and now < rec.probe_until:
             return Admission.SKIP, rec
-        return Admission.PROBE, replace(rec, probe_started_at=now)
+        # No probe, or one whose process died and stopped renewing its lease.
+        return Admission.PROBE, _probe(rec, now, probe_id)
     return Admission.ALLOW, rec
+
+
+def renew_probe(rec: BreakerRecord, probe_id: str, now: float) -> BreakerRecord:
+    """Extend the lease of probe ``probe_id`` if it still holds the slot."""
+    if rec.state is BreakerState.HALF_OPEN and rec.probe_id == probe_id:
+        return replace(rec, probe_until=now + PROBE_LEASE_S)
+    return rec
 
 
 def _open(
@@ -179,13 +237,22 @@ def on_failure(
     retry_after: float | None = None,
     *,
     probe: bool = False,
+    open_now: bool = False,
 ) -> BreakerRecord:
-    """A member's final failure for one request."""
+    """A member's final failure for one request.
+
+    ``open_now``: the backend asked for a longer wait than we retry after (a long
+    ``Retry-After``), so the breaker opens at once, at least that long, whatever the
+    count of failures.
+    """
     if not policy.enabled or rec.manual:
         return rec
     if probe or rec.state is BreakerState.HALF_OPEN:
         doubled = min(max(rec.recovery_s, policy.recovery_s) * 2, policy.max_recovery_s)
         return _open(rec, now, doubled, retry_after)
+    if open_now and rec.state is BreakerState.CLOSED:
+        failures = (*(t for t in rec.failures if t > now - policy.window_s), now)
+        return _open(replace(rec, failures=failures), now, policy.recovery_s, retry_after)
     if rec.state is BreakerState.OPEN:
         if retry_after and (rec.recovery_at is None or now + retry_after > rec.recovery_at):
             return replace(rec, recovery_at=now + retry_after)
@@ -208,7 +275,7 @@ def on_success(
 def on_release(rec: BreakerRecord, *, probe: bool) -> BreakerRecord:
     """An attempt that says nothing about health (cancelled, request-specific error)."""
     if probe and rec.state is BreakerState.HALF_OPEN:
-        return replace(rec, probe_started_at=None)
+        return replace(rec, probe_started_at=None, probe_until=None, probe_id=None)
     return rec
 
 
@@ -240,3 +307,17 @@ def bench_member(store: StateStore, member: str, duration_s: float, now: float) 
 def unbench_member(store: StateStore, member: str) -> None:
     """Close ``member``'s breaker by hand in ``store``."""
     store.update(breaker_key(member), lambda raw: unbench(BreakerRecord.from_dict(raw)).to_dict())
+
+
+async def keep_probe(store: StateStore, member: str, probe_id: str, clock: Clock) -> None:
+    """Renew probe ``probe_id``'s lease on ``member`` every :data:`PROBE_RENEW_S`, until
+    cancelled (when the probe ends).  Real time on purpose: the lease must outlive a
+    slow probe in this process, whatever clock the engine is given."""
+    key = breaker_key(member)
+
+    def renew(now: float) -> Any:
+        return lambda raw: renew_probe(BreakerRecord.from_dict(raw), probe_id, now).to_dict()
+
+    while True:
+        await asyncio.sleep(PROBE_RENEW_S)
+        await store.aupdate_many({key: renew(clock.now())})

@@ -16,12 +16,22 @@ from lbprovider.errors import BackendError, FailureKind, TransportError
 from lbprovider.redaction import scrub
 from lbprovider.settings import LBSettings
 
-__all__ = ["IMMEDIATE_STATUSES", "REQUEST_CODES", "REQUEST_STATUSES", "classify"]
+__all__ = [
+    "CONTENT_POLICY_CODES",
+    "IMMEDIATE_STATUSES",
+    "REQUEST_CODES",
+    "REQUEST_STATUSES",
+    "classify",
+]
 
 IMMEDIATE_STATUSES = frozenset({401, 402, 403})
 REQUEST_STATUSES = frozenset({400, 404, 413, 422})
-# Provider error codes that say the request itself cannot be served as sent.
-REQUEST_CODES = frozenset({"context_length_exceeded", "content_policy_violation", "content_filter"})
+# Provider error codes that say the request itself cannot be served as sent here
+# (another member may have a larger window).
+REQUEST_CODES = frozenset({"context_length_exceeded"})
+# A refusal of the content itself: the caller's answer, not something to route around
+# (SPEC §3.2), unless `failover_on_content_policy`. Azure says "content_filter".
+CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
 
 
 def _unexpected(exc: BaseException, member: str, secrets: tuple[str, ...]) -> TransportError:
@@ -47,7 +57,9 @@ def classify(
         return exc
     err = exc if isinstance(exc, TransportError) else _unexpected(exc, member, secrets)
     status = err.status
-    if err.code in REQUEST_CODES or status in REQUEST_STATUSES:
+    if err.code in CONTENT_POLICY_CODES:
+        kind = FailureKind.REQUEST if settings.failover_on_content_policy else FailureKind.FINAL
+    elif err.code in REQUEST_CODES or status in REQUEST_STATUSES:
         kind = FailureKind.REQUEST
     elif status in IMMEDIATE_STATUSES:
         kind = FailureKind.IMMEDIATE

@@ -174,7 +174,8 @@ class FailureKind(StrEnum):
 
     RETRYABLE = "retryable"  # retry on the same member, then move on; counts for the breaker
     IMMEDIATE = "immediate"  # 401/402/403 and the like: move on at once; counts for the breaker
-    REQUEST = "request"  # the request itself is bad (400, 404, 413, 422, context, policy)
+    REQUEST = "request"  # the request itself is bad here (400, 404, 413, 422, context window)
+    FINAL = "final"  # the request ends: a content-policy refusal (unless failing over on it)
 
 
 class BackendError(LBError):
@@ -207,8 +208,8 @@ class BackendError(LBError):
 
     @property
     def counts_for_breaker(self) -> bool:
-        """Request-specific errors say nothing about the backend's health."""
-        return self.kind is not FailureKind.REQUEST
+        """Request-specific errors (and refusals) say nothing about the backend's health."""
+        return self.kind in (FailureKind.RETRYABLE, FailureKind.IMMEDIATE)
 
     def reason(self) -> str:
         """A short reason for the exhausted-everything message."""

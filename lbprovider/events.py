@@ -24,6 +24,7 @@ class EventKind(StrEnum):
     SKIP = "skip"  # a member was not tried (outcome: breaker/probe/tpm/bench)
     FAILOVER = "failover"  # the request moved on from a member after its final failure
     BREAKER = "breaker"  # a breaker changed state (outcome: the new state)
+    FAILBACK = "failback"  # failover tried member 0 again (outcome: success/failure)
     REQUEST = "request"  # a request ended (outcome: success/failure/cancelled)
 
 
@@ -48,7 +49,11 @@ EventHook = Callable[[Event], None]
 def log_event(event: Event) -> None:
     """The default subscriber: failures and breaker changes at INFO, the rest at DEBUG."""
     level = logging.DEBUG
-    if event.kind in (EventKind.FAILOVER, EventKind.BREAKER) or event.outcome in (
+    if event.kind in (
+        EventKind.FAILOVER,
+        EventKind.BREAKER,
+        EventKind.FAILBACK,
+    ) or event.outcome in (
         "failure",
         "timeout",
     ):

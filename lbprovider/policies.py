@@ -9,6 +9,12 @@ store, so round-robin stays exact under concurrency and across processes.
 Sticky "newest wins": each request takes a ticket when it starts; it may move the
 sticky index only if no request with a newer ticket has moved it already.  A slow,
 older request therefore never drags the index back to where a newer one left it.
+
+Fail-back: the record remembers since when the sticky index has been away from member
+0 (``away_since``).  The first request to start after ``failback_after`` has passed
+claims the fail-back in the same update that gives it its ticket — it restarts the
+timer, so one request per interval probes, in every process sharing the store — and
+gives the claim back (:func:`unclaim_failback`) if member 0's breaker refuses it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,16 @@ from typing import Any
 
 from lbprovider.profiles import Policy
 
-__all__ = ["LBRecord", "Start", "begin", "candidates", "move_sticky", "served"]
+__all__ = [
+    "LBRecord",
+    "Start",
+    "begin",
+    "candidates",
+    "failed_back",
+    "move_sticky",
+    "served",
+    "unclaim_failback",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +45,8 @@ class LBRecord:
     ticket: int = 0  # requests started (any policy)
     sticky: int = 0  # failover: the member index requests start at
     sticky_ticket: int = 0  # the ticket of the request that last moved `sticky`
+    away_since: float | None = None  # failover: since when `sticky` is not 0 (epoch s)
+    failbacks: int = 0  # fail-backs that brought `sticky` back to 0
     total: int = 0  # requests that ended (served or not)
     last_selected: str | None = None
     last_model: str | None = None
@@ -42,6 +59,8 @@ class LBRecord:
             "ticket": self.ticket,
             "sticky": self.sticky,
             "stickyTicket": self.sticky_ticket,
+            "awaySince": self.away_since,
+            "failbacks": self.failbacks,
             "total": self.total,
             "lastSelected": self.last_selected,
             "lastModel": self.last_model,
@@ -58,6 +77,8 @@ class LBRecord:
             ticket=int(d.get("ticket", 0)),
             sticky=int(d.get("sticky", 0)),
             sticky_ticket=int(d.get("stickyTicket", 0)),
+            away_since=d.get("awaySince"),
+            failbacks=int(d.get("failbacks", 0)),
             total=int(d.get("total", 0)),
             last_selected=d.get("lastSelected"),
             last_model=d.get("lastModel"),
@@ -67,19 +88,51 @@ class LBRecord:
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Where one request starts, and its ticket."""
+    """Where one request starts, and its ticket.
+
+    ``failback``: this request first makes one attempt on member 0 (it claimed the
+    fail-back at ``claimed_at``; ``away_since`` is what the timer said before).
+    """
 
     index: int
     ticket: int
+    failback: bool = False
+    claimed_at: float | None = None
+    away_since: float | None = None
 
 
-def begin(rec: LBRecord, policy: Policy, n: int) -> tuple[Start, LBRecord]:
-    """Take a ticket and the start index (round-robin rotates one step per request)."""
+def begin(
+    rec: LBRecord, policy: Policy, n: int, now: float = 0.0, failback_after_s: float = 0.0
+) -> tuple[Start, LBRecord]:
+    """Take a ticket and the start index (round-robin rotates one step per request);
+    under ``failover``, claim the fail-back when it is due."""
     ticket = rec.ticket + 1
     if policy is Policy.ROUNDROBIN:
         return Start(rec.rr % n, ticket), replace(rec, rr=rec.rr + 1, ticket=ticket)
     index = rec.sticky if 0 <= rec.sticky < n else 0
-    return Start(index, ticket), replace(rec, ticket=ticket)
+    rec = replace(rec, ticket=ticket)
+    if index == 0 or failback_after_s <= 0:
+        return Start(index, ticket), rec
+    if rec.away_since is None:  # a record from before fail-back: the timer starts now
+        return Start(index, ticket), replace(rec, away_since=now)
+    if now - rec.away_since < failback_after_s:
+        return Start(index, ticket), rec
+    start = Start(index, ticket, failback=True, claimed_at=now, away_since=rec.away_since)
+    return start, replace(rec, away_since=now)
+
+
+def unclaim_failback(rec: LBRecord, start: Start) -> LBRecord:
+    """Give back an unused fail-back claim (member 0's breaker refused): the interval
+    is not used up, so the next request may make it."""
+    if start.failback and rec.away_since == start.claimed_at:
+        return replace(rec, away_since=start.away_since)
+    return rec
+
+
+def failed_back(rec: LBRecord, ticket: int, now: float) -> LBRecord:
+    """A fail-back attempt succeeded: the index returns to member 0."""
+    moved = move_sticky(rec, 0, ticket, now)
+    return replace(moved, failbacks=rec.failbacks + 1) if moved is not rec else rec
 
 
 def candidates(start: int, n: int) -> Iterator[int]:
@@ -88,11 +141,18 @@ def candidates(start: int, n: int) -> Iterator[int]:
         yield (start + i) % n
 
 
-def move_sticky(rec: LBRecord, index: int, ticket: int) -> LBRecord:
-    """Set the sticky index, unless a newer request has moved it already."""
+def move_sticky(rec: LBRecord, index: int, ticket: int, now: float = 0.0) -> LBRecord:
+    """Set the sticky index, unless a newer request has moved it already; leaving
+    member 0 starts the fail-back timer, returning to it stops the timer."""
     if ticket < rec.sticky_ticket:
         return rec
-    return replace(rec, sticky=index, sticky_ticket=ticket)
+    if index == 0:
+        away_since = None
+    elif rec.sticky == 0 or rec.away_since is None:
+        away_since = now
+    else:
+        away_since = rec.away_since
+    return replace(rec, sticky=index, sticky_ticket=ticket, away_since=away_since)
 
 
 def served(rec: LBRecord, member: str | None, model: str | None) -> LBRecord:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,8 +72,9 @@ class LoadBalancingProvider:
     processes), ``transport`` (one transport for every member, replacing the choice
     each member's ``transport`` setting makes — tests pass
     :class:`lbprovider.testing.ScriptedTransport`), ``clock`` and ``sleep`` (time),
-    ``on_event`` (a hook receiving one event per attempt, skip, failover and breaker
-    change; logging is always subscribed).
+    ``on_event`` (a hook receiving one event per attempt, skip, failover, fail-back and
+    breaker change; logging is always subscribed; a hook that raises is logged and
+    ignored), ``rng`` (the jitter of rate-limit backoff).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class LoadBalancingProvider:
         clock: Clock | None = None,
         sleep: Sleep | None = None,
         on_event: EventHook | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.store = store if store is not None else default_store()
@@ -96,6 +99,7 @@ class LoadBalancingProvider:
             clock=self.clock,
             sleep=sleep or real_sleep,
             hooks=hooks,
+            rng=rng,
         )
 
     @classmethod

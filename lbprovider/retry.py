@@ -1,49 +1,100 @@
-"""Retries on the same member (SPEC §3.2.2), with tenacity.
+"""When a member may be tried again within one request, and after how long (SPEC §3.2).
 
-One :class:`tenacity.AsyncRetrying` per member per request (never shared between
-tasks).  It retries only classified retryable errors, waits
-``failover_retry_delay_ms`` or the backend's ``Retry-After`` (whichever is
-longer), and stops after ``failover_retry_count`` attempts.  A ``Retry-After``
-longer than :data:`MAX_SAME_MEMBER_WAIT_S` is not waited out on the same member:
-the request moves on at once (and an open breaker stays open that long).
-Retries cover only the way to the first chunk; the caller decides that by doing
-nothing but that inside an attempt.
+:meth:`RetryPolicy.wait` answers for one failed attempt: the seconds to wait before
+the same member is tried again (as a same-member retry under ``failover``, or in the
+next pass under ``roundrobin``), or None when it must not be tried again in this
+request:
+
+- only retryable failures are tried again, and never a first-chunk timeout (a silent
+  backend stays silent);
+- a ``Retry-After`` up to ``retry_after_max_ms`` is waited out (at least
+  ``failover_retry_delay_ms``); a longer one is not waited for at all;
+- a 429 without ``Retry-After`` backs off exponentially with jitter (base
+  ``max(failover_retry_delay_ms, 250 ms)``, doubling, at most 4 s): never a tight loop
+  against a rate limiter;
+- anything else waits ``failover_retry_delay_ms``.
+
+The backoff is tenacity's ``wait_exponential`` (the doubling bound), jittered over the
+upper half of each step with an injectable RNG.  Why not tenacity's full-jitter
+``wait_random_exponential``: its waits may all land near zero, a burst of retries against
+the rate limiter that just said no; jittering over ``[step/2, step]`` keeps the spread
+while the floor doubles too, so one member sees at most 4 attempts in any first 3 s
+(docs/design.md).  The loop itself is the request's plan (``selection.Plan``), not
+tenacity's: under ``roundrobin`` a member's retries are interleaved with the other
+members' attempts, one per pass.
 """
 
 from __future__ import annotations
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+import random
+from dataclasses import dataclass
 
-from lbprovider.clock import Sleep
-from lbprovider.errors import BackendError, FailureKind
+from tenacity import RetryCallState
+from tenacity.wait import wait_exponential
+
+from lbprovider.errors import BackendError, FailureKind, FirstChunkTimeoutError
 from lbprovider.settings import LBSettings
 
-__all__ = ["MAX_SAME_MEMBER_WAIT_S", "member_retrying"]
+__all__ = ["BACKOFF_BASE_S", "BACKOFF_MAX_S", "JitteredBackoff", "RetryPolicy"]
 
-MAX_SAME_MEMBER_WAIT_S = 30.0
-
-
-def _retryable(exc: BaseException) -> bool:
-    return (
-        isinstance(exc, BackendError)
-        and exc.kind is FailureKind.RETRYABLE
-        and (exc.retry_after is None or exc.retry_after <= MAX_SAME_MEMBER_WAIT_S)
-    )
+BACKOFF_BASE_S = 0.25
+BACKOFF_MAX_S = 4.0
 
 
-def member_retrying(settings: LBSettings, sleep: Sleep) -> AsyncRetrying:
-    """A fresh retry controller for one member within one request."""
-    delay_s = settings.failover_retry_delay_ms / 1000
+class JitteredBackoff(wait_exponential):
+    """Steps of ``2·base·2^(n-1)`` seconds capped at ``max_s``; each wait uniform in
+    ``[step/2, step]`` (so the first wait is between ``base`` and ``2·base``)."""
 
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(exc, "retry_after", None) or 0.0
-        return max(delay_s, float(retry_after))
+    def __init__(self, base_s: float, max_s: float, rng: random.Random) -> None:
+        super().__init__(multiplier=2 * base_s, max=max_s)
+        self.rng = rng
 
-    return AsyncRetrying(
-        stop=stop_after_attempt(settings.failover_retry_count),
-        wait=wait,
-        retry=retry_if_exception(_retryable),
-        sleep=sleep,
-        reraise=True,
-    )
+    def __call__(self, retry_state: RetryCallState) -> float:
+        step = super().__call__(retry_state)
+        return self.rng.uniform(step / 2, step)
+
+    def for_retry(self, number: int) -> float:
+        """The wait before the ``number``-th retry (1 = the first)."""
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = number
+        return self(state)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The same-member retry rules of one load balancer's settings."""
+
+    attempts: int  # failover_retry_count: attempts (or passes) per member and request
+    delay_s: float
+    retry_after_max_s: float
+    backoff: JitteredBackoff
+
+    @classmethod
+    def from_settings(cls, settings: LBSettings, rng: random.Random | None = None) -> RetryPolicy:
+        """Read the ``failover_retry_*`` and ``retry_after_max_ms`` settings."""
+        delay_s = settings.failover_retry_delay_ms / 1000
+        return cls(
+            attempts=settings.failover_retry_count,
+            delay_s=delay_s,
+            retry_after_max_s=settings.retry_after_max_ms / 1000,
+            backoff=JitteredBackoff(
+                max(delay_s, BACKOFF_BASE_S), BACKOFF_MAX_S, rng or random.Random()
+            ),
+        )
+
+    def too_long(self, err: BackendError) -> bool:
+        """A ``Retry-After`` longer than we wait on one member (the breaker keeps it)."""
+        return err.retry_after is not None and err.retry_after > self.retry_after_max_s
+
+    def wait(self, err: BackendError, retry: int) -> float | None:
+        """Seconds before the member that failed with ``err`` may be tried again, as its
+        ``retry``-th retry in this request; None when it may not."""
+        if err.kind is not FailureKind.RETRYABLE or isinstance(err, FirstChunkTimeoutError):
+            return None
+        if err.retry_after is not None:
+            if self.too_long(err):
+                return None
+            return max(self.delay_s, err.retry_after)
+        if err.status == 429:
+            return self.backoff.for_retry(retry)
+        return self.delay_s

@@ -36,6 +36,9 @@ class LBSettings(BaseModel):
     circuit_breaker_failure_window_ms: _PositiveMs = 60_000
     circuit_breaker_recovery_timeout_ms: _PositiveMs = 30_000
     circuit_breaker_max_recovery_timeout_ms: _PositiveMs = 300_000
+    retry_after_max_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000)] = 10_000
+    failback_after_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000)] = 30_000
+    failover_on_content_policy: StrictBool = False
 
     @model_validator(mode="after")
     def _recovery_cap_not_below_start(self) -> LBSettings:

@@ -204,6 +204,7 @@ def build_stats(
         "policy": policy,
         "members": list(members),
         "totalRequests": lb.total,
+        "failbacks": lb.failbacks,
         "lastSelected": lb.last_selected,
         "lastSelectedModel": lb.last_model or (models.get(lb.last_selected or "")),
         "profileCounts": {n: lb.counts.get(n, 0) for n in members},
@@ -240,7 +241,11 @@ def reset_stats(store: StateStore, profile: str) -> None:
     def clear(raw: Any) -> Any:
         rec = LBRecord.from_dict(raw)
         return LBRecord(
-            rr=rec.rr, ticket=rec.ticket, sticky=rec.sticky, sticky_ticket=rec.sticky_ticket
+            rr=rec.rr,
+            ticket=rec.ticket,
+            sticky=rec.sticky,
+            sticky_ticket=rec.sticky_ticket,
+            away_since=rec.away_since,
         ).to_dict()
 
     metrics = store.scan(f"metrics:{profile}:")

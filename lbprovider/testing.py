@@ -9,7 +9,7 @@ script per member — answers, errors, delays on the injected sleep, stalls — 
 can be tested without sockets or litellm::
 
     clock = FakeClock()
-    transport = ScriptedTransport(sleep=clock.sleep)
+    transport = ScriptedTransport(clock)
     transport.script("a", fail(503), answer("from a"))   # in order; the last one repeats
     transport.script("b", answer("from b", chunks=3))
     lb = LoadBalancingProvider(config, transport=transport, clock=clock, sleep=clock.sleep)
@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbprovider.clock import Sleep
 from lbprovider.errors import TransportError
 from lbprovider.profiles import Member
 from lbprovider.transport import Chunk, ToolCallDelta, Usage, call_params
@@ -71,7 +70,8 @@ class Answer:
     """A scripted answer: ``text`` in ``chunks`` pieces, or tool-call deltas.
 
     ``delay`` waits before the first chunk and ``chunk_delay`` between chunks (on the
-    injected sleep); ``stall`` never sends a first chunk (the attempt waits until the
+    injected sleep); ``hold`` waits for an event before the first chunk (a slow answer
+    the test releases); ``stall`` never sends a first chunk (the attempt waits until the
     engine's first-chunk timeout or the caller closes it); ``then`` raises after the
     chunks instead of finishing (a stream cut mid-answer).
     """
@@ -84,6 +84,7 @@ class Answer:
     delay: float = 0.0
     chunk_delay: float = 0.0
     stall: bool = False
+    hold: asyncio.Event | None = None
     then: TransportError | None = None
 
     def pieces(self) -> list[str]:
@@ -133,11 +134,13 @@ def stall() -> Answer:
 
 @dataclass(frozen=True)
 class Call:
-    """One call the engine made: the member, the messages and the merged parameters."""
+    """One call the engine made: the member, the messages, the merged parameters, and
+    when (``clock.now()``, with a clock)."""
 
     member: str
     messages: list[dict[str, Any]]
     params: dict[str, Any]
+    at: float | None = None
 
 
 @dataclass
@@ -145,15 +148,17 @@ class ScriptedTransport:
     """A transport playing a script per member (see the module docstring).
 
     Each member's steps are used in order, one per call; the last step repeats.  A
-    member with no script answers ``"ok"``.  ``calls`` records every call, ``closed``
-    counts the streams the engine closed (or cancelled) before they ended.
+    member with no script answers ``"ok"``.  Delays run on ``clock``'s sleep (real time
+    without one).  ``calls`` records every call, ``closed`` counts the streams the
+    engine closed (or cancelled) before they ended.
     """
 
-    sleep: Sleep | None = None
+    clock: FakeClock | None = None
     calls: list[Call] = field(default_factory=list)
     closed: int = 0
     warm_ups: int = 0
     _scripts: dict[str, list[Step]] = field(default_factory=dict)
+    _called: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def script(self, member: str, *steps: Step) -> ScriptedTransport:
         """Set ``member``'s steps (replacing any earlier script)."""
@@ -163,6 +168,11 @@ class ScriptedTransport:
     def hits(self, member: str) -> int:
         """How many calls reached ``member``."""
         return sum(1 for c in self.calls if c.member == member)
+
+    async def wait_for_hits(self, member: str, n: int) -> None:
+        """Wait until ``member`` has had ``n`` calls (at most 10 s, then fail)."""
+        async with asyncio.timeout(10), self._called:
+            await self._called.wait_for(lambda: self.hits(member) >= n)
 
     async def warm_up(self) -> None:
         """Counts warm-ups (nothing to warm)."""
@@ -176,20 +186,29 @@ class ScriptedTransport:
 
     async def _wait(self, seconds: float) -> None:
         if seconds > 0:
-            await (self.sleep or asyncio.sleep)(seconds)
+            await (self.clock.sleep if self.clock else asyncio.sleep)(seconds)
 
     async def stream(
         self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
     ) -> AsyncIterator[Chunk]:
         """Play ``member``'s next step."""
         self.calls.append(
-            Call(member.name, [dict(m) for m in messages], call_params(member, params))
+            Call(
+                member.name,
+                [dict(m) for m in messages],
+                call_params(member, params),
+                at=self.clock.now() if self.clock else None,
+            )
         )
+        async with self._called:
+            self._called.notify_all()
         step = self._next(member.name)
         try:
             await self._wait(step.delay)
             if isinstance(step, Fail):
                 raise _copy(step.error, member.name)
+            if step.hold is not None:
+                await step.hold.wait()
             if step.stall:
                 await asyncio.Event().wait()
             for i, piece in enumerate(step.pieces()):

@@ -127,6 +127,8 @@ def make_lb(
     keys: dict[str, str] | None = None,
     transport: Any = None,
     member_settings: dict[str, dict[str, Any]] | None = None,
+    rng: Any = None,
+    on_event: Any = None,
     **settings: Any,
 ) -> Any:
     """A LoadBalancingProvider over sim servers (name -> SimServer or URL), memory store.
@@ -167,7 +169,8 @@ def make_lb(
         transport=transport,
         clock=clock,
         sleep=clock.sleep if clock is not None else None,
-        on_event=events.append if events is not None else None,
+        on_event=events.append if events is not None else on_event,
+        rng=rng,
     )
 
 

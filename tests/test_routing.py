@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections import Counter
 from typing import Any
 
@@ -24,6 +25,13 @@ from lbprovider.testing import FakeClock
 from tests.conftest import ENGINE_KEY, HI, METRIC_KEYS, SPEC_KEYS, make_lb
 
 pytestmark = pytest.mark.usefixtures("both_transports")
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def backends_of(lb: Any, n: int) -> list[str | None]:
@@ -52,12 +60,29 @@ async def test_roundrobin_exact_under_200_concurrent() -> None:
         assert lb.stats()["totalRequests"] == 200
 
 
-async def test_roundrobin_fails_over_past_failing_member() -> None:
-    """A request whose start member fails moves on to the next; the caller sees no error."""
-    async with serve("status=503") as a, serve() as b, serve() as c:
-        lb = make_lb({"a": a, "b": b, "c": c}, "roundrobin", clock=FakeClock())
+@pytest.mark.parametrize("fault", ["status=503", "status=429", "refused"])
+async def test_roundrobin_fails_over_past_failing_member(fault: str) -> None:
+    """A request whose start member fails moves on to the next at once (SPEC §3.1 v2:
+    members are interchangeable, so no same-member retry first); no error for the caller."""
+    clock = FakeClock()
+    async with serve("ok" if fault == "refused" else fault) as a, serve() as b, serve() as c:
+        url = f"http://127.0.0.1:{closed_port()}/v1" if fault == "refused" else a
+        lb = make_lb({"a": url, "b": b, "c": c}, "roundrobin", clock=clock)
         assert await backends_of(lb, 3) == ["b", "b", "c"]
-        assert a.hits == 2  # retried once on a (default retry count 2), then moved on
+        assert a.hits == (0 if fault == "refused" else 1)
+        assert (b.hits, c.hits) == (2, 1)
+        assert clock.slept == []
+
+
+async def test_content_policy_refusal_ends_the_request() -> None:
+    """A content-policy 400 is the answer, with the provider's reason: nobody else is asked."""
+    async with serve("status=400,error_code=content_policy_violation") as a, serve() as b:
+        lb = make_lb({"a": a, "b": b}, clock=FakeClock())
+        with pytest.raises(RequestRejectedError) as info:
+            await lb.complete(HI)
+        assert "safety system" in str(info.value)
+        assert info.value.retryable is False
+        assert (a.hits, b.hits) == (1, 0)
 
 
 async def test_roundrobin_skips_open_breaker() -> None:
@@ -224,11 +249,11 @@ async def test_auth_errors_move_on_at_once(status: int) -> None:
         "status=413",
         "status=422",
         "status=400,error_code=context_length_exceeded",
-        "status=400,error_code=content_policy_violation",
     ],
 )
 async def test_request_errors_move_on_without_breaker_failure(spec: str) -> None:
-    """Request-specific errors move on at once and never count toward the breaker."""
+    """Request-specific errors (a context window too: another member may have a larger
+    one) move on at once and never count toward the breaker."""
     async with serve(spec) as a, serve() as b:
         lb = make_lb(
             {"a": a, "b": b},

@@ -76,15 +76,16 @@ async def test_wrapper_without_timeout_waits() -> None:
 
 @pytest.mark.usefixtures("both_transports")
 async def test_first_chunk_timeout_fails_over_and_closes_upstream() -> None:
-    """A stalled first chunk times out, counts as a timeout, closes the upstream, fails over."""
+    """A stalled first chunk times out, counts as a timeout, closes the upstream and moves
+    on at once: a silent backend stays silent, so it is not retried (SPEC §3.2 v2)."""
     async with serve("stall_first_chunk=30") as a, serve() as b:
         lb = make_lb({"a": a, "b": b}, clock=FakeClock(), timeout_ms=100)
         result = await lb.complete(HI)
         assert result.backend == "b"
-        assert a.hits == 2  # retried once: a timeout is retryable
-        await a.wait_for(lambda s: s.disconnects == 2)
+        assert a.hits == 1
+        await a.wait_for(lambda s: s.disconnects == 1)
         metrics = lb.stats()["backendMetrics"]["a"]
-        assert (metrics["timeouts"], metrics["failures"]) == (2, 2)
+        assert (metrics["timeouts"], metrics["failures"]) == (1, 1)
 
 
 @pytest.mark.usefixtures("both_transports")

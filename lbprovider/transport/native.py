@@ -35,7 +35,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from lbprovider import __version__
 from lbprovider.errors import TransportError
 from lbprovider.profiles import Member
 from lbprovider.redaction import scrub
@@ -54,7 +53,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CONNECT_TIMEOUT_S = 30.0
 _ERROR_BODY_LIMIT = 64 * 1024
 _LINE_LIMIT = 16 * 1024 * 1024
-_USER_AGENT = f"lbprovider/{__version__}"
+_USER_AGENT = "lbprovider"
 # Parameters that shape the HTTP request itself, not the JSON body.
 _CLIENT_PARAMS = frozenset({"extra_headers", "extra_body", "extra_query", "timeout"})
 

@@ -1,0 +1,290 @@
+"""What the engine writes down: the effects of each outcome, and its events.
+
+Each method is one outcome of the request flow (a skip, a failed attempt, a member's
+final failure, a served or broken answer, a request nobody served) and applies its
+effects — the member's metrics, its breaker, its TPM tokens, the load balancer's routing
+record — in one atomic state-store update.  Counters are posted (write-behind: the
+request does not wait for them); an update that may change a breaker is awaited, so its
+event can be emitted.
+
+:meth:`Recorder.emit` hands one :class:`~lbprovider.events.Event` to every hook.  A hook
+that raises never fails a request: its first error is logged, the rest ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lbprovider import breaker as brk
+from lbprovider import policies, stats, window
+from lbprovider.clock import Clock
+from lbprovider.errors import BackendError
+from lbprovider.events import Event, EventHook, EventKind
+from lbprovider.profiles import LoadBalancerConfig, Member, Policy
+from lbprovider.state import StateStore, Updater, breaker_key, lb_key, metrics_key, tpm_key
+
+__all__ = ["Recorder"]
+
+logger = logging.getLogger("lbprovider")
+
+
+class Recorder:
+    """Effects and events of one load balancer's requests."""
+
+    def __init__(
+        self,
+        config: LoadBalancerConfig,
+        *,
+        store: StateStore,
+        clock: Clock,
+        breaker_policy: brk.BreakerPolicy,
+        hooks: Sequence[EventHook] = (),
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.breaker_policy = breaker_policy
+        self.hooks = list(hooks)
+        self._broken_hooks: set[int] = set()
+        self._failover = config.policy is Policy.FAILOVER
+
+    # -- events ----------------------------------------------------------------------------
+
+    def emit(
+        self, kind: EventKind, member: str | None = None, outcome: str = "", **fields: Any
+    ) -> None:
+        """One event to every hook; a hook's exception is logged once and ignored."""
+        if not self.hooks:
+            return
+        event = Event(
+            kind=kind,
+            profile=self.config.name,
+            member=member,
+            outcome=outcome,
+            at=self.clock.now(),
+            **fields,
+        )
+        for hook in self.hooks:
+            try:
+                hook(event)
+            except Exception:
+                if id(hook) not in self._broken_hooks:
+                    self._broken_hooks.add(id(hook))
+                    logger.warning(
+                        "event hook %r raised; ignoring it (requests go on)", hook, exc_info=True
+                    )
+
+    def emit_changes(self, member: str, changes: Sequence[str]) -> None:
+        """One BREAKER event per state a breaker update moved to."""
+        for state in changes:
+            self.emit(EventKind.BREAKER, member, state)
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    async def skipped(self, member: Member, outcome: str) -> None:
+        """The member was not tried (breaker open, probe in flight, bench, TPM rule)."""
+        await self._apply(member, metrics_step=stats.record_skip)
+        self.emit(EventKind.SKIP, member.name, outcome)
+
+    async def attempt_cancelled(self, member: Member, number: int) -> None:
+        """The caller went away before the member's first chunk: not a failure."""
+        await self._apply(
+            member,
+            metrics_step=lambda m: stats.record_attempt(m, stats.Outcome.CANCELLED, latency_ms=0),
+        )
+        self.emit(EventKind.ATTEMPT, member.name, "cancelled", attempt=number)
+
+    async def attempt_failed(
+        self, member: Member, number: int, err: BackendError, latency_ms: float, *, timed_out: bool
+    ) -> None:
+        """One attempt failed before its first chunk (the member may yet be retried)."""
+        outcome = stats.Outcome.TIMEOUT if timed_out else stats.Outcome.FAILURE
+        at = self.clock.now()
+        await self._apply(
+            member,
+            metrics_step=lambda m: stats.record_attempt(
+                m, outcome, latency_ms=latency_ms, error=err.reason(), at=at
+            ),
+        )
+        self.emit(
+            EventKind.ATTEMPT,
+            member.name,
+            outcome.value,
+            attempt=number,
+            status=err.status,
+            latency_ms=latency_ms,
+            detail=err.message,
+        )
+
+    async def member_failed(
+        self,
+        member: Member,
+        index: int,
+        err: BackendError,
+        *,
+        ticket: int,
+        probe: bool,
+        failback: bool,
+        open_now: bool,
+    ) -> None:
+        """A member's final failure in one request: its breaker, the sticky index."""
+        now, policy = self.clock.now(), self.breaker_policy
+        if err.counts_for_breaker:
+            breaker_step = lambda r: brk.on_failure(  # noqa: E731
+                r, now, policy, err.retry_after, probe=probe, open_now=open_now
+            )
+        else:
+            breaker_step = lambda r: brk.on_release(r, probe=probe)  # noqa: E731
+        lb_step = None
+        if self._failover and not failback:  # a failed fail-back leaves the index alone
+            following = (index + 1) % len(self.config.members)
+            lb_step = lambda r: policies.move_sticky(r, following, ticket, now)  # noqa: E731
+        await self._apply(member, breaker_step=breaker_step, lb_step=lb_step)
+        if failback:
+            self.emit(EventKind.FAILBACK, member.name, "failure", status=err.status)
+        self.emit(
+            EventKind.FAILOVER, member.name, err.kind.value, status=err.status, detail=err.message
+        )
+
+    async def probe_released(self, member: Member) -> None:
+        """A probe ended saying nothing about health (the caller cancelled)."""
+        await self._apply(member, breaker_step=lambda r: brk.on_release(r, probe=True))
+
+    async def served(
+        self,
+        member: Member,
+        index: int,
+        *,
+        ticket: int,
+        probe: bool,
+        failback: bool,
+        latency_ms: float,
+        first_chunk_ms: float,
+        tokens: int,
+        malformed: int,
+    ) -> None:
+        """A member served the whole answer."""
+        now, policy, failover = self.clock.now(), self.breaker_policy, self._failover
+
+        def lb_step(r: policies.LBRecord) -> policies.LBRecord:
+            if failback:
+                r = policies.failed_back(r, ticket, now)
+            elif failover:
+                r = policies.move_sticky(r, index, ticket, now)
+            return policies.served(r, member.name, member.litellm_model)
+
+        await self._apply(
+            member,
+            metrics_step=lambda m: stats.record_attempt(
+                m,
+                stats.Outcome.SUCCESS,
+                latency_ms=latency_ms,
+                first_chunk_ms=first_chunk_ms,
+                tokens=tokens,
+                malformed=malformed,
+            ),
+            # Only a probe's success changes a breaker; anything else need not wait.
+            breaker_step=(lambda r: brk.on_success(r, now, policy, probe=True)) if probe else None,
+            tokens=tokens,
+            lb_step=lb_step,
+        )
+        if failback:
+            self.emit(EventKind.FAILBACK, member.name, "success")
+        self.emit(EventKind.ATTEMPT, member.name, "success", latency_ms=latency_ms)
+        self.emit(EventKind.REQUEST, member.name, "success")
+
+    async def broke(
+        self,
+        member: Member,
+        index: int,
+        err: BackendError,
+        *,
+        ticket: int,
+        probe: bool,
+        latency_ms: float,
+        first_chunk_ms: float,
+        malformed: int,
+    ) -> None:
+        """The member's stream failed after its first chunk: its failure, no replay."""
+        now, policy, failover = self.clock.now(), self.breaker_policy, self._failover
+        following = (index + 1) % len(self.config.members)
+
+        def lb_step(r: policies.LBRecord) -> policies.LBRecord:
+            if failover:
+                r = policies.move_sticky(r, following, ticket, now)
+            return policies.served(r, None, None)
+
+        await self._apply(
+            member,
+            metrics_step=lambda m: stats.record_attempt(
+                m,
+                stats.Outcome.FAILURE,
+                latency_ms=latency_ms,
+                first_chunk_ms=first_chunk_ms,
+                error=err.reason(),
+                at=now,
+                malformed=malformed,
+            ),
+            breaker_step=lambda r: brk.on_failure(r, now, policy, err.retry_after, probe=probe),
+            lb_step=lb_step,
+        )
+        self.emit(
+            EventKind.ATTEMPT,
+            member.name,
+            "failure",
+            status=err.status,
+            latency_ms=latency_ms,
+            detail=err.message,
+        )
+        self.emit(EventKind.REQUEST, member.name, "failure")
+
+    async def request_failed(self, ticket: int) -> None:
+        """Nobody served the request; a failover index goes back to member 0."""
+        now, failover = self.clock.now(), self._failover
+
+        def step(r: policies.LBRecord) -> policies.LBRecord:
+            r = policies.served(r, None, None)
+            return policies.move_sticky(r, 0, ticket, now) if failover else r
+
+        await self.store.aupdate_many(
+            {lb_key(self.config.name): lambda raw: step(policies.LBRecord.from_dict(raw)).to_dict()}
+        )
+        self.emit(EventKind.REQUEST, None, "failure")
+
+    # -- the one write -------------------------------------------------------------------------
+
+    async def _apply(
+        self,
+        member: Member,
+        *,
+        metrics_step: Callable[[stats.MemberMetrics], stats.MemberMetrics] | None = None,
+        breaker_step: Callable[[brk.BreakerRecord], brk.BreakerRecord] | None = None,
+        tokens: int | None = None,
+        lb_step: Callable[[policies.LBRecord], policies.LBRecord] | None = None,
+    ) -> None:
+        """Apply the effects of one outcome in one atomic store update."""
+        updates: dict[str, Updater] = {}
+        if metrics_step is not None:
+            step_m = metrics_step
+            updates[metrics_key(self.config.name, member.name)] = lambda raw: step_m(
+                stats.MemberMetrics.from_dict(raw)
+            ).to_dict()
+        breaker_update = None
+        if breaker_step is not None and self.breaker_policy.enabled:
+            breaker_update = brk.BreakerUpdate(breaker_step)
+            updates[breaker_key(member.name)] = breaker_update
+        if tokens is not None:
+            now, n = self.clock.now(), tokens
+            updates[tpm_key(member.name)] = lambda raw: window.add_tokens(raw, now, n)
+        if lb_step is not None:
+            step_lb = lb_step
+            updates[lb_key(self.config.name)] = lambda raw: step_lb(
+                policies.LBRecord.from_dict(raw)
+            ).to_dict()
+        if breaker_update is not None:
+            await self.store.aupdate_many(updates)
+            self.emit_changes(member.name, breaker_update.changes)
+        elif updates:
+            self.store.post_many(updates)

@@ -1,0 +1,242 @@
+"""Selection (SPEC §3.1–3.2): who may be tried for one request, and in which order.
+
+It decides and never calls a backend.  :class:`Selection` reads and updates the state
+store for what a request must agree on with every other request — its ticket and start
+index (:meth:`Selection.start`, one atomic update, fail-back claim included) and each
+member's admission (:meth:`Selection.admit`: breaker, TPM rule) — and hands out a
+:class:`Plan`: the order of that request's attempts, told how each one failed.
+
+The plan, by policy:
+
+- ``roundrobin``: *passes* over the members from the start member, one attempt per
+  member per pass.  A member that failed retryably comes back in the next pass (at most
+  ``failover_retry_count`` passes), after its wait (:class:`~lbprovider.retry.RetryPolicy`);
+  one that failed otherwise, timed out before its first chunk, or asked for a longer
+  ``Retry-After`` than we wait, does not.
+- ``failover``: from the sticky member in order of preference, each member retried on
+  the spot (after its wait) up to ``failover_retry_count`` attempts, then the next.  A
+  request that claimed the fail-back first makes one single attempt on member 0, then
+  goes on from the sticky member without it.
+- Members the TPM rule skipped come last, so the rule never leaves a request with no
+  candidate.
+
+A member's breaker admission is asked once per request, at its first attempt; its
+retries are the same request's business.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from lbprovider import breaker as brk
+from lbprovider import policies, window
+from lbprovider.clock import Clock
+from lbprovider.errors import BackendError
+from lbprovider.profiles import LoadBalancerConfig, Member, Policy
+from lbprovider.retry import RetryPolicy
+from lbprovider.state import StateStore, breaker_key, lb_key, tpm_key
+
+__all__ = ["Admitted", "Candidate", "Plan", "Selection"]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One attempt the plan allows: member ``index``, not before ``not_before``
+    (monotonic seconds).  ``first``: the member's first attempt in this request (its
+    admission is still to be asked); ``failback``: the single fail-back attempt on
+    member 0; ``deferred``: skipped by the TPM rule earlier, tried now regardless."""
+
+    index: int
+    not_before: float = 0.0
+    first: bool = True
+    failback: bool = False
+    deferred: bool = False
+
+
+class Plan:
+    """The order of one request's attempts (see the module docstring)."""
+
+    def __init__(self, policy: Policy, n: int, start: policies.Start, retry: RetryPolicy) -> None:
+        self._policy = policy
+        self._retry = retry
+        order = list(policies.candidates(start.index, n))
+        self._failback = start.failback
+        if start.failback:
+            order = [0] + [i for i in order if i != 0]
+        self._queue: deque[int] = deque(order)
+        self._next_pass: list[int] = []
+        self._again: int | None = None
+        self._deferred: list[int] = []
+        self._in_deferred = False
+        self._pass = 1
+        self._attempts = [0] * n
+        self._ready = [0.0] * n
+
+    def next(self) -> Candidate | None:
+        """The next attempt, or None when every allowed attempt has been made."""
+        while True:
+            if self._again is not None:
+                index, self._again = self._again, None
+                return self._candidate(index)
+            if self._queue:
+                return self._candidate(self._queue.popleft())
+            if self._next_pass and self._pass < self._retry.attempts:
+                self._pass += 1
+                self._queue, self._next_pass = deque(self._next_pass), []
+                continue
+            if self._deferred:
+                self._queue, self._deferred = deque(self._deferred), []
+                self._in_deferred = True
+                continue
+            return None
+
+    def _candidate(self, index: int) -> Candidate:
+        failback = self._failback and index == 0 and self._attempts[0] == 0
+        return Candidate(
+            index,
+            not_before=self._ready[index],
+            first=self._attempts[index] == 0,
+            failback=failback,
+            deferred=self._in_deferred,
+        )
+
+    def defer(self, candidate: Candidate) -> None:
+        """The TPM rule skipped this member: try it after everyone else."""
+        self._deferred.append(candidate.index)
+
+    def failed(self, candidate: Candidate, err: BackendError, now: float) -> bool:
+        """Record a failed attempt (``now``: monotonic seconds); True when it is the
+        member's final failure in this request (it will not be tried again)."""
+        index = candidate.index
+        self._attempts[index] += 1
+        if candidate.failback or self._attempts[index] >= self._retry.attempts:
+            return True
+        wait = self._retry.wait(err, self._attempts[index])
+        if wait is None:
+            return True
+        self._ready[index] = now + wait
+        if self._policy is Policy.FAILOVER:
+            self._again = index
+        else:
+            self._next_pass.append(index)
+        return False
+
+    def succeeded(self, candidate: Candidate) -> None:
+        """Record the attempt that produced a first chunk: nothing more to plan."""
+        self._attempts[candidate.index] += 1
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A member's admission for one request: what its breaker said, on which record,
+    whether the TPM rule skips it, and the breaker changes the decision made."""
+
+    admission: brk.Admission
+    record: brk.BreakerRecord
+    tpm_skip: bool = False
+    probe_id: str | None = None
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> bool:
+        """Not to be tried now (breaker or TPM rule)."""
+        return self.admission is brk.Admission.SKIP or self.tpm_skip
+
+    def skip_reason(self, policy: brk.BreakerPolicy) -> tuple[str, float | None]:
+        """Why, for the exhausted-everything message, and until when (epoch seconds)."""
+        rec = self.record
+        if self.tpm_skip:
+            return "tpm below threshold", None
+        if rec.manual:
+            return "benched", rec.recovery_at
+        if rec.state is brk.BreakerState.HALF_OPEN:
+            return "probe in flight", rec.probe_until
+        return "breaker open", rec.recovery_at
+
+
+class Selection:
+    """Start, admission and plan for the requests of one load balancer."""
+
+    def __init__(
+        self,
+        config: LoadBalancerConfig,
+        *,
+        store: StateStore,
+        clock: Clock,
+        breaker_policy: brk.BreakerPolicy,
+        retry: RetryPolicy,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.breaker_policy = breaker_policy
+        self.retry = retry
+
+    async def start(self) -> policies.Start:
+        """This request's ticket and start index, fail-back claim included (atomic)."""
+        cfg, now = self.config, self.clock.now()
+        failback_s = cfg.settings.failback_after_ms / 1000
+        holder: list[policies.Start] = []
+
+        def begin(raw: Any) -> Any:
+            start, rec = policies.begin(
+                policies.LBRecord.from_dict(raw), cfg.policy, len(cfg.members), now, failback_s
+            )
+            holder.append(start)
+            return rec.to_dict()
+
+        await self.store.aupdate_many({lb_key(cfg.name): begin})
+        return holder[-1]
+
+    async def unclaim_failback(self, start: policies.Start) -> None:
+        """Member 0's breaker refused the fail-back: the interval is not used up."""
+        await self.store.aupdate_many(
+            {
+                lb_key(self.config.name): lambda raw: policies.unclaim_failback(
+                    policies.LBRecord.from_dict(raw), start
+                ).to_dict()
+            }
+        )
+
+    def plan(self, start: policies.Start) -> Plan:
+        """The order of this request's attempts."""
+        return Plan(self.config.policy, len(self.config.members), start, self.retry)
+
+    async def admit(self, member: Member, *, tpm: bool = True) -> Admitted:
+        """May ``member`` be tried? Its breaker (taking the half-open probe is part of the
+        same atomic update) and, when ``tpm``, the TPM rule (never for a probe)."""
+        threshold = self.config.settings.tpm_threshold if tpm else None
+        keys = [breaker_key(member.name)] + ([tpm_key(member.name)] if threshold else [])
+        raw = await self.store.aget_many(keys)
+        current = brk.BreakerRecord.from_dict(raw.get(keys[0]))
+        if current.state is brk.BreakerState.CLOSED:
+            admitted = Admitted(brk.Admission.ALLOW, current)  # the common case: a read only
+        else:
+            admitted = await self._admit_not_closed(member)
+        if admitted.admission is brk.Admission.ALLOW and threshold:
+            tpm_now = window.current_tpm(raw.get(keys[1]), self.clock.now())
+            admitted.tpm_skip = window.should_skip(tpm_now, threshold)
+        return admitted
+
+    async def _admit_not_closed(self, member: Member) -> Admitted:
+        now, policy, probe_id = self.clock.now(), self.breaker_policy, secrets.token_hex(8)
+        decided: list[brk.Admission] = []
+
+        def step(rec: brk.BreakerRecord) -> brk.BreakerRecord:
+            admission, new = brk.admit(rec, now, policy, probe_id)
+            decided[:] = [admission]
+            return new
+
+        update = brk.BreakerUpdate(step)
+        await self.store.aupdate_many({breaker_key(member.name): update})
+        admission = decided[-1]
+        record = update.before if admission is brk.Admission.SKIP else update.after
+        return Admitted(
+            admission,
+            record,
+            probe_id=probe_id if admission is brk.Admission.PROBE else None,
+            changes=update.changes,
+        )
