@@ -45,6 +45,8 @@ UNPACED = "chunks=20,prompt_tokens=20,completion_tokens=20"
 # name: (faulty member behaviour or None, concurrency, requests[, healthy behaviour])
 SCENARIOS: dict[str, tuple[Any, ...]] = {
     "healthy, sequential": (None, 1, 100),
+    # The fault scenarios' load, with no fault: their reference.
+    "healthy, concurrency 8": (None, 8, 120),
     "healthy, concurrency 32": (None, 32, 320),
     # Chunks back to back: no pacing caps throughput, so it measures CPU per request.
     "healthy, concurrency 32, unpaced": (None, 32, 640, UNPACED),
@@ -416,6 +418,47 @@ def targets(results: dict[str, Any]) -> list[str]:
             / _run(results, scenario, "direct")["req_per_s"]
         )
         rows.append((f"{scenario}: lb-native req/s ÷ direct litellm", ratio, "≥ 3", ratio >= 3))
+    reference = "healthy, concurrency 8"
+    faults = [s for s in results["scenarios"] if s.startswith("one member")]
+    for scenario in faults:
+        ours = _run(results, scenario, "lb-native")
+        rows.append(
+            (
+                f"{scenario}: lb-native success",
+                ours["success_rate"],
+                "= 1",
+                ours["success_rate"] == 1,
+            )
+        )
+        theirs = _run(results, scenario, "router")
+        if ours["ttfc_p99_ms"] is None or theirs["ttfc_p99_ms"] is None:
+            continue
+        ratio = ours["ttfc_p99_ms"] / theirs["ttfc_p99_ms"]
+        rows.append((f"{scenario}: lb-native TTFC p99 ÷ Router's", ratio, "≤ 1", ratio <= 1))
+        hits = (ours["wasted_hits"], theirs["wasted_hits"])
+        rows.append(
+            (
+                f"{scenario}: wasted hits, lb-native vs Router ({hits[0]} vs {hits[1]})",
+                hits[0] / max(hits[1], 1),
+                "≤ 1",
+                hits[0] <= hits[1],
+            )
+        )
+        if reference in results["scenarios"] and "stalls" not in scenario:
+            healthy = _run(results, reference, "lb-native")["ttfc_p99_ms"]
+            ratio = ours["ttfc_p99_ms"] / healthy
+            rows.append((f"{scenario}: TTFC p99 ÷ healthy run's", ratio, "≤ 1.5", ratio <= 1.5))
+        elif reference in results["scenarios"]:
+            healthy = _run(results, reference, "lb-native")["ttfc_p99_ms"]
+            bound = (TIMEOUT_MS + healthy) / ours["ttfc_p99_ms"]
+            rows.append(
+                (
+                    f"{scenario}: (timeout_ms + healthy p99) ÷ TTFC p99",
+                    bound,
+                    "≥ 1",
+                    bound >= 1,
+                )
+            )
     cold = results.get("cold_start")
     if cold:
         ratio = (
@@ -537,10 +580,10 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     for ax, title in ((ax1, "p99 time to first chunk (ms, log scale)"), (ax2, "success rate (%)")):
         ax.set_xticks(range(len(scenarios)), labels, fontsize=8)
         ax.set_title(title)
-        ax.legend(loc="lower left", fontsize=8)
+    fig.legend(*ax1.get_legend_handles_labels(), loc="upper center", ncol=len(SYSTEMS), fontsize=8)
     ax1.set_yscale("log")
     ax2.set_ylim(0, 105)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=110)
     return True
 
@@ -548,7 +591,8 @@ def chart(results: dict[str, Any], path: Path) -> bool:
 def main(quick: bool, only: str | None = None) -> None:
     """Every scenario x system, selection cost and cold start; writes the reports.
 
-    ``only``: run the scenarios whose name contains it, print, write nothing.
+    ``only``: run just the scenarios whose name contains it, and merge them into the
+    results of the last full run (which must exist), then rewrite the report.
     """
     import platform
 
@@ -579,6 +623,13 @@ def main(quick: bool, only: str | None = None) -> None:
             )
         results["scenarios"][scenario] = runs
     if only is not None:
+        merged = json.loads((RESULTS / "compare.json").read_text())
+        merged["scenarios"].update(results["scenarios"])
+        merged["scenarios"] = {
+            s: merged["scenarios"][s] for s in SCENARIOS if s in merged["scenarios"]
+        }
+        (RESULTS / "compare.json").write_text(json.dumps(merged, indent=2))
+        report(merged)
         return
     sizes = (3, 30, 300, 1000)
     results["selection_us"] = {
@@ -615,7 +666,9 @@ if __name__ == "__main__":
         action="store_true",
         help="rewrite docs/benchmarks.md from benchmarks/results/compare.json",
     )
-    parser.add_argument("--only", help="run only the scenarios whose name contains this")
+    parser.add_argument(
+        "--only", help="rerun the scenarios whose name contains this, into the last results"
+    )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.report_only:
