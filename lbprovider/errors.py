@@ -13,6 +13,7 @@
     │                                transport raises, and all that classification reads
     ├── BackendError                 one member failed one attempt, classified (.kind)
     │   ├── FirstChunkTimeoutError   no content chunk within timeout_ms (retryable)
+    │   ├── StreamIdleTimeoutError   no chunk for stream_idle_timeout_ms after the first
     │   └── StreamInterruptedError   failed after text reached the caller (never replayed)
     └── NoBackendAvailableError      every member failed or was skipped (.failures)
         └── RequestRejectedError     every member rejected the request itself (400-like)
@@ -42,6 +43,7 @@ __all__ = [
     "ProfileNotFoundError",
     "ProfileValidationError",
     "RequestRejectedError",
+    "StreamIdleTimeoutError",
     "StreamInterruptedError",
     "TransportError",
 ]
@@ -184,7 +186,10 @@ class BackendError(LBError):
     ``member`` is the member profile's name, ``status`` the HTTP status when there
     was one, ``kind`` what the failure means for routing, ``retry_after`` the
     backend's ``Retry-After`` in seconds when given, ``code`` the provider's error
-    code.  ``retryable`` is true for :attr:`FailureKind.RETRYABLE`.
+    code.  ``timeout``: the engine gave up waiting (first chunk, idle stream);
+    ``interrupted``: the stream broke after its first chunk.  Neither is retried on the
+    same member: a silent backend stays silent, a broken answer is not asked again.
+    ``retryable`` is true for :attr:`FailureKind.RETRYABLE`.
     """
 
     def __init__(
@@ -197,6 +202,8 @@ class BackendError(LBError):
         retry_after: float | None = None,
         network: bool = False,
         code: str | None = None,
+        timeout: bool = False,
+        interrupted: bool = False,
     ) -> None:
         self.member = member
         self.status = status
@@ -204,6 +211,8 @@ class BackendError(LBError):
         self.retry_after = retry_after
         self.network = network
         self.code = code
+        self.timeout = timeout
+        self.interrupted = interrupted
         super().__init__(message, retryable=kind is FailureKind.RETRYABLE)
 
     @property
@@ -226,11 +235,41 @@ class FirstChunkTimeoutError(BackendError):
             f"no first chunk within {timeout_s * 1000:.0f} ms",
             member=member,
             kind=FailureKind.RETRYABLE,
+            timeout=True,
+        )
+
+
+class StreamIdleTimeoutError(BackendError):
+    """No chunk for ``stream_idle_timeout_ms`` after the answer had started (SPEC §3.4)."""
+
+    def __init__(self, idle_s: float, *, member: str | None = None) -> None:
+        self.idle_s = idle_s
+        super().__init__(
+            f"the stream went silent for {idle_s * 1000:.0f} ms after it had started",
+            member=member,
+            kind=FailureKind.RETRYABLE,
+            timeout=True,
+            interrupted=True,
         )
 
 
 class StreamInterruptedError(BackendError):
-    """The member failed after text had reached the caller; nothing is replayed."""
+    """The member failed after text had reached the caller; nothing is replayed.
+
+    ``cause`` is that member's classified failure (drop, reset, idle, cut short).
+    """
+
+    def __init__(self, cause: BackendError) -> None:
+        self.cause = cause
+        super().__init__(
+            f"{cause.member} failed after the answer had started: {cause.message}",
+            member=cause.member,
+            status=cause.status,
+            kind=cause.kind,
+            network=cause.network,
+            code=cause.code,
+            interrupted=True,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,13 +282,17 @@ class MemberFailure:
     kind: FailureKind | None = None  # None for a skip
     skipped: bool = False
     recovery_at: float | None = None  # epoch seconds, for a breaker skip
+    retry_after: float | None = None  # seconds, when the backend said
 
 
 class NoBackendAvailableError(LBError):
     """Nothing could serve the request. Lists every member with its reason.
 
     ``retryable`` says whether trying again later can help; ``recovery_at`` (epoch
-    seconds) is when the first skipped member recovers, when every member was skipped.
+    seconds) is when the first skipped member recovers, when every member was skipped;
+    ``retry_after`` the seconds until then, or else until the first member that said
+    ``Retry-After`` may be asked again; ``status`` the status every member failed with,
+    when they agree (429: all rate limited; 401: every key rejected).
     """
 
     def __init__(
@@ -264,16 +307,27 @@ class NoBackendAvailableError(LBError):
         self.profile = profile
         self.failures = tuple(failures)
         self.recovery_at = recovery_at
+        statuses = {f.status for f in self.failures if f.status is not None}
+        self.status = statuses.pop() if len(statuses) == 1 else None
+        tried = [f for f in self.failures if not f.skipped]
+        keys_rejected = bool(tried) and all(f.status in (401, 403) for f in tried)
+        self.retry_after: float | None = None
+        if recovery_at is not None and now is not None:
+            self.retry_after = max(0.0, recovery_at - now)
+        elif tried and all(f.retry_after is not None for f in tried):
+            self.retry_after = min(f.retry_after or 0.0 for f in tried)
         lines = "; ".join(f"{f.member}: {f.reason}" for f in self.failures)
-        advice = "retrying later may help" if retryable else "retrying will not help"
+        if keys_rejected and len(tried) == len(self.failures):
+            retryable = False
+            advice = "every member rejected its key: check the members' keys"
+        else:
+            advice = "retrying later may help" if retryable else "retrying will not help"
         if recovery_at is not None and now is not None:
             advice += f"; the first member recovers in {max(0.0, recovery_at - now):.0f} s"
         super().__init__(
             f"no backend of {profile!r} could serve the request ({lines}); {advice}",
             retryable=retryable,
         )
-        statuses = {f.status for f in self.failures if f.status is not None}
-        self.status = statuses.pop() if len(statuses) == 1 else None
 
 
 class RequestRejectedError(NoBackendAvailableError):

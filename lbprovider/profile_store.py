@@ -253,6 +253,7 @@ class ProfileStore:
                     transport=parsed.ephemeralSettings.transport
                     or TransportKind.default_for(parsed.provider),
                     max_output_tokens=parsed.ephemeralSettings.max_output_tokens,
+                    continuation=parsed.ephemeralSettings.continuation,
                 )
             )
         minimum = 2 if profile.policy is Policy.FAILOVER else 1

@@ -34,6 +34,7 @@ from lbprovider.settings import LBSettings
 
 __all__ = [
     "NAME_PATTERN",
+    "Continuation",
     "LoadBalancerConfig",
     "LoadBalancerProfile",
     "Member",
@@ -86,6 +87,13 @@ class TransportKind(StrEnum):
         return cls.NATIVE if provider.lower() == "openai" else cls.LITELLM
 
 
+class Continuation(StrEnum):
+    """Whether a member can continue a partial answer (SPEC §3.4)."""
+
+    NONE = "none"
+    PREFILL = "prefill"  # give the partial answer as a trailing assistant message
+
+
 class MemberSettings(BaseModel):
     """A member's ``ephemeralSettings``: the keys we use, the rest kept and ignored."""
 
@@ -104,6 +112,7 @@ class MemberSettings(BaseModel):
     max_output_tokens: Annotated[StrictInt, Field(gt=0)] | None = Field(
         default=None, alias="max-output-tokens"
     )
+    continuation: Continuation = Continuation.NONE
 
     @field_validator("base_url")
     @classmethod
@@ -328,6 +337,7 @@ class Member:
     # None: the provider's default (TransportKind.default_for), filled in below.
     transport: TransportKind = None  # type: ignore[assignment]
     max_output_tokens: int | None = None
+    continuation: Continuation = Continuation.NONE
 
     def __post_init__(self) -> None:
         if self.transport is None:

@@ -19,7 +19,7 @@ from lbprovider.routing import RequestTrace, Router
 from lbprovider.state import StateStore, default_store
 from lbprovider.transport import Chunk, ToolCallDelta, Transport, TransportSet, Usage
 
-__all__ = ["LoadBalancingProvider", "Result"]
+__all__ = ["LoadBalancingProvider", "RequestTrace", "Result"]
 
 
 @dataclass
@@ -127,13 +127,30 @@ class LoadBalancingProvider:
         """
         return self._router.route(messages, kwargs, RequestTrace())
 
+    def stream_traced(
+        self, messages: Sequence[Mapping[str, Any]], trace: RequestTrace, **kwargs: Any
+    ) -> AsyncGenerator[Chunk, None]:
+        """:meth:`stream`, filling ``trace`` as it goes: attempts, the members that failed
+        or were skipped, the serving member and model, usage (hosts report these)."""
+        return self._router.route(messages, kwargs, trace)
+
     async def complete(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Result:
-        """The whole answer, with the serving backend, attempts and usage."""
-        trace = RequestTrace()
+        """The whole answer, from one member, with the serving backend, attempts and usage.
+
+        Nothing reaches the caller before the end, so a stream that breaks half-way fails
+        over to the next member like any other failure (SPEC §3.4).
+        """
+        return await self.complete_traced(messages, RequestTrace(), **kwargs)
+
+    async def complete_traced(
+        self, messages: Sequence[Mapping[str, Any]], trace: RequestTrace, **kwargs: Any
+    ) -> Result:
+        """:meth:`complete`, filling ``trace`` as it goes (see :meth:`stream_traced`)."""
         text: list[str] = []
         tools: list[ToolCallDelta] = []
         finish = None
-        async with contextlib.aclosing(self._router.route(messages, kwargs, trace)) as chunks:
+        route = self._router.route(messages, kwargs, trace, streaming=False)
+        async with contextlib.aclosing(route) as chunks:
             async for chunk in chunks:
                 text.append(chunk.text)
                 tools.extend(chunk.tool_calls)

@@ -99,13 +99,19 @@ class Recorder:
     async def attempt_failed(
         self, member: Member, number: int, err: BackendError, latency_ms: float, *, timed_out: bool
     ) -> None:
-        """One attempt failed before its first chunk (the member may yet be retried)."""
+        """One attempt failed before the caller saw anything: before its first chunk, or
+        while a non-streaming caller's answer was read (the member may yet be retried)."""
         outcome = stats.Outcome.TIMEOUT if timed_out else stats.Outcome.FAILURE
         at = self.clock.now()
         await self._apply(
             member,
             metrics_step=lambda m: stats.record_attempt(
-                m, outcome, latency_ms=latency_ms, error=err.reason(), at=at
+                m,
+                outcome,
+                latency_ms=latency_ms,
+                error=err.reason(),
+                at=at,
+                interrupted=err.interrupted,
             ),
         )
         self.emit(
@@ -164,8 +170,9 @@ class Recorder:
         first_chunk_ms: float,
         tokens: int,
         malformed: int,
+        continued: bool = False,
     ) -> None:
-        """A member served the whole answer."""
+        """A member served the whole answer (``continued``: the end of an interrupted one)."""
         now, policy, failover = self.clock.now(), self.breaker_policy, self._failover
 
         def lb_step(r: policies.LBRecord) -> policies.LBRecord:
@@ -184,6 +191,7 @@ class Recorder:
                 first_chunk_ms=first_chunk_ms,
                 tokens=tokens,
                 malformed=malformed,
+                continued=continued,
             ),
             # Only a probe's success changes a breaker; anything else need not wait.
             breaker_step=(lambda r: brk.on_success(r, now, policy, probe=True)) if probe else None,
@@ -207,14 +215,13 @@ class Recorder:
         first_chunk_ms: float,
         malformed: int,
     ) -> None:
-        """The member's stream failed after its first chunk: its failure, no replay."""
+        """The member's stream broke after text reached the caller: its failure (an
+        interruption), never replayed.  The request is counted by whoever ends it."""
         now, policy, failover = self.clock.now(), self.breaker_policy, self._failover
         following = (index + 1) % len(self.config.members)
 
         def lb_step(r: policies.LBRecord) -> policies.LBRecord:
-            if failover:
-                r = policies.move_sticky(r, following, ticket, now)
-            return policies.served(r, None, None)
+            return policies.move_sticky(r, following, ticket, now) if failover else r
 
         await self._apply(
             member,
@@ -226,27 +233,28 @@ class Recorder:
                 error=err.reason(),
                 at=now,
                 malformed=malformed,
+                interrupted=True,
             ),
             breaker_step=lambda r: brk.on_failure(r, now, policy, err.retry_after, probe=probe),
-            lb_step=lb_step,
+            lb_step=lb_step if failover else None,
         )
         self.emit(
             EventKind.ATTEMPT,
             member.name,
-            "failure",
+            "interrupted",
             status=err.status,
             latency_ms=latency_ms,
             detail=err.message,
         )
-        self.emit(EventKind.REQUEST, member.name, "failure")
 
-    async def request_failed(self, ticket: int) -> None:
-        """Nobody served the request; a failover index goes back to member 0."""
-        now, failover = self.clock.now(), self._failover
+    async def request_failed(self, ticket: int, *, whole_rotation: bool = True) -> None:
+        """Nobody served the request (or its stream broke for good); when a whole failover
+        rotation failed, the index goes back to member 0."""
+        now, back_to_first = self.clock.now(), self._failover and whole_rotation
 
         def step(r: policies.LBRecord) -> policies.LBRecord:
             r = policies.served(r, None, None)
-            return policies.move_sticky(r, 0, ticket, now) if failover else r
+            return policies.move_sticky(r, 0, ticket, now) if back_to_first else r
 
         await self.store.aupdate_many(
             {lb_key(self.config.name): lambda raw: step(policies.LBRecord.from_dict(raw)).to_dict()}

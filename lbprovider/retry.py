@@ -5,8 +5,8 @@ the same member is tried again (as a same-member retry under ``failover``, or in
 next pass under ``roundrobin``), or None when it must not be tried again in this
 request:
 
-- only retryable failures are tried again, and never a first-chunk timeout (a silent
-  backend stays silent);
+- only retryable failures are tried again, and never a timeout (a silent backend stays
+  silent) nor a stream that broke after its first chunk;
 - a ``Retry-After`` up to ``retry_after_max_ms`` is waited out (at least
   ``failover_retry_delay_ms``); a longer one is not waited for at all;
 - a 429 without ``Retry-After`` backs off exponentially with jitter (base
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from tenacity import RetryCallState
 from tenacity.wait import wait_exponential
 
-from lbprovider.errors import BackendError, FailureKind, FirstChunkTimeoutError
+from lbprovider.errors import BackendError, FailureKind
 from lbprovider.settings import LBSettings
 
 __all__ = ["BACKOFF_BASE_S", "BACKOFF_MAX_S", "JitteredBackoff", "RetryPolicy"]
@@ -89,7 +89,7 @@ class RetryPolicy:
     def wait(self, err: BackendError, retry: int) -> float | None:
         """Seconds before the member that failed with ``err`` may be tried again, as its
         ``retry``-th retry in this request; None when it may not."""
-        if err.kind is not FailureKind.RETRYABLE or isinstance(err, FirstChunkTimeoutError):
+        if err.kind is not FailureKind.RETRYABLE or err.timeout or err.interrupted:
             return None
         if err.retry_after is not None:
             if self.too_long(err):

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -32,12 +32,12 @@ from lbprovider.errors import (
     StreamInterruptedError,
 )
 from lbprovider.events import EventHook
-from lbprovider.profiles import LoadBalancerConfig, Member
+from lbprovider.profiles import Continuation, LoadBalancerConfig, Member
 from lbprovider.recorder import Recorder
 from lbprovider.retry import RetryPolicy
 from lbprovider.selection import Admitted, Candidate, Plan, Selection
 from lbprovider.state import StateStore
-from lbprovider.timeouts import FirstChunkTimeout
+from lbprovider.timeouts import FirstChunkTimeout, IdleTimeout, aclose_quietly
 from lbprovider.transport import Chunk, TransportSet, Usage
 
 __all__ = ["Request", "RequestTrace", "Router"]
@@ -71,6 +71,10 @@ class Request:
     probes: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     # Round-robin failures whose member waits for a later pass: final once that is known.
     pending: dict[int, tuple[Candidate, BackendError]] = field(default_factory=dict)
+    # A streaming caller sees chunks as they come; a non-streaming one gets one whole
+    # answer, so an interrupted stream can still fail over (SPEC §3.4).
+    streaming: bool = True
+    plan: Plan | None = None
 
 
 @dataclass
@@ -83,6 +87,8 @@ class _Open:
     rest: FirstChunkTimeout[Chunk]
     started: float  # monotonic
     first_chunk_ms: float
+    buffered: list[Chunk] | None = None  # a non-streaming caller's answer, read whole
+    continued: bool = False  # this member continues an interrupted answer
 
 
 class Router:
@@ -119,10 +125,21 @@ class Router:
     # -- one request ---------------------------------------------------------------------
 
     async def route(
-        self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any], trace: RequestTrace
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        params: Mapping[str, Any],
+        trace: RequestTrace,
+        *,
+        streaming: bool = True,
     ) -> AsyncGenerator[Chunk, None]:
-        """Serve one request: yield the chunks of the first member that can serve it."""
-        req = Request(messages, params, trace, start=await self.selection.start())
+        """Serve one request: yield the chunks of the first member that can serve it.
+
+        ``streaming`` False: the caller shows nothing before the end, so each answer is
+        read whole before its first chunk is yielded, and a stream that breaks fails over.
+        """
+        req = Request(
+            messages, params, trace, start=await self.selection.start(), streaming=streaming
+        )
         try:
             opened = await self._first_chunk(req)
         except BaseException:
@@ -135,7 +152,7 @@ class Router:
 
     async def _first_chunk(self, req: Request) -> _Open | None:
         """Walk the plan until a member produces its first chunk (None: nobody did)."""
-        plan = self.selection.plan(req.start)
+        plan = req.plan = self.selection.plan(req.start)
         while (cand := plan.next()) is not None:
             member = self.config.members[cand.index]
             if cand.first and not await self._admit(req, cand, member, plan):
@@ -188,8 +205,15 @@ class Router:
             text += f" until {_clock_text(until)}"
         req.trace.failures.append(MemberFailure(member.name, text, skipped=True, recovery_at=until))
 
-    async def _attempt(self, req: Request, cand: Candidate, member: Member) -> _Open:
-        """One call to one member, up to its first chunk; a failure is classified."""
+    async def _attempt(
+        self,
+        req: Request,
+        cand: Candidate,
+        member: Member,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+    ) -> _Open:
+        """One call to one member, up to its first chunk (for a non-streaming caller, to
+        its last); a failure is classified and recorded."""
         transport = self.transports.for_member(member)
         # One-time set-up (litellm's import and client) happens before the first-chunk
         # clock starts, and only for a transport that is used (SPEC §4).
@@ -198,29 +222,53 @@ class Router:
         number = req.trace.attempts
         started = self.clock.monotonic()
         stream = FirstChunkTimeout(
-            transport.stream(member, req.messages, req.params),
+            transport.stream(member, messages or req.messages, req.params),
             self.config.settings.first_chunk_timeout_s,
             member=member.name,
         )
+        first: Chunk | None = None
         try:
-            first: Chunk | None = await anext(stream)
-        except StopAsyncIteration:
-            first = None  # an empty answer is still an answer
+            with contextlib.suppress(StopAsyncIteration):  # an empty answer is still one
+                first = await anext(stream)
+            first_ms = (self.clock.monotonic() - started) * 1000
+            buffered = None if req.streaming else await self._read_whole(first, stream, member)
         except asyncio.CancelledError:
             await stream.aclose()
             await self.recorder.attempt_cancelled(member, number)
             raise
         except Exception as exc:
             await stream.aclose()
-            err = classify(
-                exc, member=member.name, settings=self.config.settings, secrets=self._secrets
-            )
+            err = self._classify(exc, member, interrupted=first is not None)
             latency = (self.clock.monotonic() - started) * 1000
             timed_out = isinstance(err, FirstChunkTimeoutError)
             await self.recorder.attempt_failed(member, number, err, latency, timed_out=timed_out)
             raise err from exc
-        first_ms = (self.clock.monotonic() - started) * 1000
-        return _Open(cand, member, first, stream, started, first_ms)
+        return _Open(cand, member, first, stream, started, first_ms, buffered)
+
+    async def _read_whole(
+        self, first: Chunk | None, stream: FirstChunkTimeout[Chunk], member: Member
+    ) -> list[Chunk]:
+        """The rest of an answer, for a caller who sees nothing before the end."""
+        chunks = [] if first is None else [first]
+        if first is not None:
+            rest = self._timed_rest(stream, member)
+            try:
+                chunks.extend([chunk async for chunk in rest])
+            finally:
+                await aclose_quietly(rest)
+        return chunks
+
+    def _timed_rest(self, stream: FirstChunkTimeout[Chunk], member: Member) -> AsyncIterator[Chunk]:
+        """After the first chunk: the source itself, under the idle timeout when set."""
+        idle = self.config.settings.stream_idle_timeout_s
+        return IdleTimeout(stream.source, idle, member=member.name) if idle else stream.source
+
+    def _classify(self, exc: BaseException, member: Member, *, interrupted: bool) -> BackendError:
+        err = classify(
+            exc, member=member.name, settings=self.config.settings, secrets=self._secrets
+        )
+        err.interrupted = err.interrupted or interrupted
+        return err
 
     # -- failures ------------------------------------------------------------------------
 
@@ -237,7 +285,13 @@ class Router:
             open_now=self.retry.too_long(err),
         )
         req.trace.failures.append(
-            MemberFailure(member.name, err.reason(), status=err.status, kind=err.kind)
+            MemberFailure(
+                member.name,
+                err.reason(),
+                status=err.status,
+                kind=err.kind,
+                retry_after=err.retry_after,
+            )
         )
 
     async def _settle_pending(self, req: Request) -> None:
@@ -290,75 +344,135 @@ class Router:
     # -- serving -------------------------------------------------------------------------
 
     async def _serve(self, req: Request, opened: _Open) -> AsyncGenerator[Chunk, None]:
-        """Stream the rest of a member's answer; never replay after the first chunk."""
-        member = opened.member
-        req.trace.backend, req.trace.model = member.name, member.litellm_model
-        text: list[str] = []
-        usage: Usage | None = None
-        malformed = 0
-        error: BackendError | None = None
-        try:
-            if opened.first is not None:
-                usage = opened.first.usage
-                malformed = opened.first.malformed
-                text.append(opened.first.text)
-                yield opened.first
-                # After the first chunk nothing is timed: read the source directly.
-                async for chunk in opened.rest.source:
-                    if chunk.malformed:
-                        malformed += chunk.malformed
-                        if not (chunk.text or chunk.tool_calls or chunk.finish_reason):
-                            continue  # only a count of skipped events: nothing to pass on
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    text.append(chunk.text)
-                    yield chunk
-        except (asyncio.CancelledError, GeneratorExit):
-            raise  # the caller stopped: the backend did serve, so it still counts a success
-        except Exception as exc:
-            error = classify(
-                exc, member=member.name, settings=self.config.settings, secrets=self._secrets
-            )
-            raise StreamInterruptedError(
-                f"{member.name} failed after the answer had started: {error.message}",
-                member=member.name,
-                status=error.status,
-                kind=error.kind,
-            ) from exc
-        finally:
-            await opened.rest.aclose()
-            cand = opened.candidate
-            probe = await self._drop_probe(req, cand.index)
-            latency = (self.clock.monotonic() - opened.started) * 1000
+        """Stream a member's answer; never replay after the first chunk.  An interruption
+        continues on the next admitted member that can continue a partial answer, or
+        reaches the caller as :class:`StreamInterruptedError` (SPEC §3.4)."""
+        delivered: list[str] = []  # every text that reached the caller
+        tool_call = False
+        while True:
+            member, segment = opened.member, len(delivered)
+            req.trace.backend, req.trace.model = member.name, member.litellm_model
+            usage: Usage | None = None
+            malformed = 0
+            error: BackendError | None = None
+            rest = self._rest_of(opened)
+            try:
+                if opened.first is not None:
+                    first = opened.first
+                    usage, malformed = first.usage, first.malformed
+                    tool_call = tool_call or bool(first.tool_calls)
+                    delivered.append(first.text)
+                    yield first
+                    async for chunk in rest:
+                        if chunk.malformed:
+                            malformed += chunk.malformed
+                            if not (chunk.text or chunk.tool_calls or chunk.finish_reason):
+                                continue  # only a count of skipped events: nothing to pass on
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                        if chunk.tool_calls:
+                            tool_call = True
+                        delivered.append(chunk.text)
+                        yield chunk
+            except (asyncio.CancelledError, GeneratorExit):
+                raise  # the caller stopped: the backend did serve, so it still counts a success
+            except Exception as exc:
+                error = self._classify(exc, member, interrupted=True)
+            finally:
+                await aclose_quietly(rest)
+                await opened.rest.aclose()
+                await self._answered(
+                    req, opened, usage, "".join(delivered[segment:]), malformed, error
+                )
             if error is None:
-                tokens = (
-                    usage.total_tokens
-                    if usage
-                    else window.estimate_tokens(req.messages, "".join(text))
-                )
-                req.trace.usage = usage or Usage(completion_tokens=tokens)
-                await self.recorder.served(
-                    member,
-                    cand.index,
-                    ticket=req.start.ticket,
-                    probe=probe,
-                    failback=cand.failback,
-                    latency_ms=latency,
-                    first_chunk_ms=opened.first_chunk_ms,
-                    tokens=tokens,
-                    malformed=malformed,
-                )
-            else:
-                await self.recorder.broke(
-                    member,
-                    cand.index,
-                    error,
-                    ticket=req.start.ticket,
-                    probe=probe,
-                    latency_ms=latency,
-                    first_chunk_ms=opened.first_chunk_ms,
-                    malformed=malformed,
-                )
+                return
+            following = None if tool_call else await self._continuation(req, "".join(delivered))
+            if following is None:
+                await self.recorder.request_failed(req.start.ticket, whole_rotation=False)
+                raise StreamInterruptedError(error)
+            opened = following
+
+    def _rest_of(self, opened: _Open) -> AsyncIterator[Chunk]:
+        if opened.buffered is not None:
+            return _replay(opened.buffered[1:])
+        return self._timed_rest(opened.rest, opened.member)
+
+    async def _answered(
+        self,
+        req: Request,
+        opened: _Open,
+        usage: Usage | None,
+        text: str,
+        malformed: int,
+        error: BackendError | None,
+    ) -> None:
+        """Record how one member's part of the answer ended: served, or broken."""
+        member, cand = opened.member, opened.candidate
+        probe = await self._drop_probe(req, cand.index)
+        latency = (self.clock.monotonic() - opened.started) * 1000
+        if error is not None:
+            await self.recorder.broke(
+                member,
+                cand.index,
+                error,
+                ticket=req.start.ticket,
+                probe=probe,
+                latency_ms=latency,
+                first_chunk_ms=opened.first_chunk_ms,
+                malformed=malformed,
+            )
+            req.trace.failures.append(
+                MemberFailure(member.name, error.reason(), status=error.status, kind=error.kind)
+            )
+            return
+        tokens = usage.total_tokens if usage else window.estimate_tokens(req.messages, text)
+        req.trace.usage = usage or Usage(completion_tokens=tokens)
+        await self.recorder.served(
+            member,
+            cand.index,
+            ticket=req.start.ticket,
+            probe=probe,
+            failback=cand.failback,
+            latency_ms=latency,
+            first_chunk_ms=opened.first_chunk_ms,
+            tokens=tokens,
+            malformed=malformed,
+            continued=opened.continued,
+        )
+
+    async def _continuation(self, req: Request, delivered: str) -> _Open | None:
+        """After an interruption: the next admitted member, if it declares
+        ``continuation: prefill``, continues from the text delivered so far; any failure
+        of it (a refusal included) means no continuation."""
+        assert req.plan is not None
+        plan = req.plan
+        while (cand := plan.next()) is not None:
+            if not cand.first:
+                continue  # only members this request has not asked yet
+            member = self.config.members[cand.index]
+            if not await self._admit(req, cand, member, plan):
+                continue
+            if member.continuation != Continuation.PREFILL:
+                if await self._drop_probe(req, cand.index):
+                    await self.recorder.probe_released(member)
+                return None
+            messages = [*req.messages, {"role": "assistant", "content": delivered}]
+            try:
+                opened = await self._attempt(req, cand, member, messages)
+            except BackendError as err:
+                plan.failed(cand, err, self.clock.monotonic())
+                await self._member_failed(req, cand, err)
+                return None
+            plan.succeeded(cand)
+            opened.continued = True
+            return opened
+        return None
+
+
+async def _replay(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
+    """Chunks already read, as a stream."""
+    for chunk in chunks:
+        yield chunk
 
 
 def _clock_text(epoch: float) -> str:

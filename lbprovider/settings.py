@@ -37,6 +37,7 @@ class LBSettings(BaseModel):
     circuit_breaker_recovery_timeout_ms: _PositiveMs = 30_000
     circuit_breaker_max_recovery_timeout_ms: _PositiveMs = 300_000
     retry_after_max_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000)] = 10_000
+    stream_idle_timeout_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000)] = 30_000
     failback_after_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000)] = 30_000
     failover_on_content_policy: StrictBool = False
 
@@ -53,6 +54,11 @@ class LBSettings(BaseModel):
     def first_chunk_timeout_s(self) -> float | None:
         """The first-chunk timeout in seconds, or None when off."""
         return self.timeout_ms / 1000 if self.timeout_ms else None
+
+    @property
+    def stream_idle_timeout_s(self) -> float | None:
+        """The longest gap between two chunks after the first, in seconds; None when off."""
+        return self.stream_idle_timeout_ms / 1000 if self.stream_idle_timeout_ms else None
 
     @property
     def extra_keys(self) -> dict[str, Any]:

@@ -19,6 +19,8 @@ import dataclasses
 import email.utils
 import json
 import random
+import socket
+import struct
 import time
 import typing
 from collections.abc import AsyncIterator
@@ -51,6 +53,8 @@ class Behavior:
     stall_headers: float = 0.0  # seconds before the response headers
     stall_first_chunk: float = 0.0  # seconds after the role chunk, before any content
     drop_after: int | None = None  # cut the connection after this many content chunks
+    reset_after: int | None = None  # reset the connection (RST) after this many chunks
+    stall_after: int | None = None  # go silent (30 s) after this many content chunks
     chunk_delay: float = 0.0  # seconds between content chunks
     flaky: float = 0.0  # probability that a request fails with fail_status
     seed: int = 0
@@ -68,6 +72,8 @@ class Behavior:
     completion_tokens: int | None = None  # default: one per content chunk
     no_usage: bool = False  # never report usage (as some backends do)
     tool_call: bool = False  # answer with a call to the request's first tool
+    # A trailing assistant message that is a prefix of `text` is continued: only the
+    # rest is sent (what a member with `continuation: prefill` does).
     model: str | None = None  # model name reported back (default: the requested one)
 
     @classmethod
@@ -329,12 +335,15 @@ class SimServer:
         }
 
     @staticmethod
-    def _pieces(b: Behavior) -> list[str]:
+    def _pieces(b: Behavior, prefix: str = "") -> list[str]:
         # Near-equal character slices, so `chunks` content deltas arrive (at most one
-        # per character of the text).
-        n = max(1, min(b.chunks, len(b.text)))
-        bounds = [round(i * len(b.text) / n) for i in range(n + 1)]
-        return [b.text[bounds[i] : bounds[i + 1]] for i in range(n)]
+        # per character of the text); a prefix the caller already has is left out.
+        text = b.text[len(prefix) :] if prefix and b.text.startswith(prefix) else b.text
+        if not text:
+            return []
+        n = max(1, min(b.chunks, len(text)))
+        bounds = [round(i * len(text) / n) for i in range(n + 1)]
+        return [text[bounds[i] : bounds[i + 1]] for i in range(n)]
 
     @staticmethod
     def _wants_tool(body: dict[str, Any], b: Behavior) -> dict[str, Any] | None:
@@ -403,10 +412,14 @@ class SimServer:
                 for i in range(0, len(args), 8)
             ]
         else:
-            parts = [{"content": p} for p in self._pieces(b)]
+            parts = [{"content": p} for p in self._pieces(b, _prefix(body))]
         for i, delta in enumerate(parts):
             if b.drop_after is not None and i >= b.drop_after:
                 return self._drop(request, resp)
+            if b.reset_after is not None and i >= b.reset_after:
+                return self._drop(request, resp, reset=True)
+            if b.stall_after is not None and i >= b.stall_after:
+                await asyncio.sleep(30)
             if b.stream_error_after is not None and i >= b.stream_error_after:
                 error = {"error": {"message": "simulated error mid-stream", "code": 502}}
                 await resp.write(f"data: {json.dumps(error)}\n\n".encode())
@@ -435,13 +448,27 @@ class SimServer:
         return resp
 
     @staticmethod
-    def _drop(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    def _drop(
+        request: web.Request, resp: web.StreamResponse, *, reset: bool = False
+    ) -> web.StreamResponse:
         # Abort without the chunked terminator: the client sees a truncated body,
-        # as when a provider's connection dies mid-answer.
+        # as when a provider's connection dies mid-answer; `reset` makes the kernel
+        # send an RST instead of a FIN.
         if request.transport is not None:
+            sock = request.transport.get_extra_info("socket")
+            if reset and sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             request.transport.abort()
         resp.force_close()
         return resp
+
+
+def _prefix(body: dict[str, Any]) -> str:
+    """The text of a trailing assistant message (a partial answer to continue)."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    content = last.get("content") if isinstance(last, dict) else None
+    return content if last.get("role") == "assistant" and isinstance(content, str) else ""
 
 
 @contextlib.asynccontextmanager

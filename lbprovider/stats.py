@@ -55,6 +55,8 @@ class MemberMetrics:
     cancelled: int = 0
     skips: int = 0
     malformed: int = 0  # SSE events skipped because they could not be read
+    interruptions: int = 0  # streams that broke after their first chunk (SPEC §3.4)
+    continuations: int = 0  # interrupted answers this member continued
     tokens: int = 0
     total_latency_ms: float = 0.0
     first_chunk_ms: tuple[float, ...] = field(default=())
@@ -71,6 +73,8 @@ class MemberMetrics:
             "cancelled": self.cancelled,
             "skips": self.skips,
             "malformedChunks": self.malformed,
+            "interruptions": self.interruptions,
+            "continuations": self.continuations,
             "tokens": self.tokens,
             "totalLatencyMs": self.total_latency_ms,
             "firstChunkMs": list(self.first_chunk_ms),
@@ -91,6 +95,8 @@ class MemberMetrics:
             cancelled=int(d.get("cancelled", 0)),
             skips=int(d.get("skips", 0)),
             malformed=int(d.get("malformedChunks", 0)),
+            interruptions=int(d.get("interruptions", 0)),
+            continuations=int(d.get("continuations", 0)),
             tokens=int(d.get("tokens", 0)),
             total_latency_ms=float(d.get("totalLatencyMs", 0.0)),
             # JSON numbers already: no per-sample conversion (this runs on every request).
@@ -124,6 +130,8 @@ def record_attempt(
     error: str | None = None,
     at: float | None = None,
     malformed: int = 0,
+    interrupted: bool = False,
+    continued: bool = False,
 ) -> MemberMetrics:
     """Count one finished attempt."""
     if outcome is Outcome.CANCELLED:
@@ -140,6 +148,8 @@ def record_attempt(
         timeouts=m.timeouts + (outcome is Outcome.TIMEOUT),
         tokens=m.tokens + tokens,
         malformed=m.malformed + malformed,
+        interruptions=m.interruptions + interrupted,
+        continuations=m.continuations + continued,
         total_latency_ms=m.total_latency_ms + latency_ms,
         first_chunk_ms=samples,
         last_error=error if error is not None else m.last_error,
@@ -186,6 +196,8 @@ def build_stats(
             "cancelled": m.cancelled,
             "skips": m.skips,
             "malformedChunks": m.malformed,
+            "interruptions": m.interruptions,
+            "continuations": m.continuations,
             "firstChunkP50Ms": None if p50 is None else round(p50, 3),
             "firstChunkP95Ms": None if p95 is None else round(p95, 3),
             "lastError": m.last_error,

@@ -1,10 +1,15 @@
-"""The first-chunk timeout (SPEC §4), as a wrapper around any async iterator.
+"""The stream's two timeouts, as wrappers around any async iterator.
 
-Only the first item is timed.  On expiry the source is closed (so an HTTP stream
-releases its connection and the backend sees the disconnect) and
-:class:`FirstChunkTimeoutError` is raised, which the classifier treats as
-retryable.  After the first item nothing is timed: a slow but live stream is
-never cut.
+:class:`FirstChunkTimeout` (SPEC §4) times only the first item.  On expiry the source is
+closed (so an HTTP stream releases its connection and the backend sees the disconnect)
+and :class:`FirstChunkTimeoutError` is raised.
+
+:class:`IdleTimeout` (SPEC §3.4) bounds every later gap: no item for ``idle_s`` while
+the consumer waits for one interrupts the stream (:class:`StreamIdleTimeoutError`), and
+the source is closed.  A slow but live stream is never cut, and time the consumer spends
+on a chunk is not counted.  It keeps one timer per idle period, not one per chunk: an
+answer has hundreds of chunks, and a timer per chunk would be most of the engine's cost
+per chunk.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
-from lbprovider.errors import FirstChunkTimeoutError
+from lbprovider.errors import FirstChunkTimeoutError, StreamIdleTimeoutError
 
-__all__ = ["FirstChunkTimeout", "aclose_quietly"]
+__all__ = ["FirstChunkTimeout", "IdleTimeout", "aclose_quietly"]
 
 T = TypeVar("T")
 
@@ -62,4 +67,61 @@ class FirstChunkTimeout(AsyncIterator[T], Generic[T]):
 
     async def aclose(self) -> None:
         """Close the source."""
+        await aclose_quietly(self._source)
+
+
+class IdleTimeout(AsyncIterator[T], Generic[T]):
+    """Wrap ``source``: each item must arrive within ``idle_s`` of the wait for it."""
+
+    def __init__(
+        self, source: AsyncIterator[T], idle_s: float, *, member: str | None = None
+    ) -> None:
+        self._source = source
+        self._idle_s = idle_s
+        self._member = member
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_since: float | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._cancelling = 0
+        self._expired = False
+
+    def __aiter__(self) -> IdleTimeout[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        task = self._task = asyncio.current_task()
+        assert task is not None
+        self._cancelling = task.cancelling()
+        self._waiting_since = now = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(now + self._idle_s, self._check)
+        try:
+            return await anext(self._source)
+        except asyncio.CancelledError:
+            if self._expired and task.uncancel() <= self._cancelling:
+                await aclose_quietly(self._source)
+                raise StreamIdleTimeoutError(self._idle_s, member=self._member) from None
+            raise
+        finally:
+            self._waiting_since = None
+
+    def _check(self) -> None:
+        """The timer: expire if the current wait is ``idle_s`` old, else look again later."""
+        self._timer = None
+        since = self._waiting_since
+        if since is None or self._task is None:
+            return  # not waiting: the next wait arms the timer again
+        due = since + self._idle_s
+        if self._loop.time() >= due:
+            self._expired = True
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(due, self._check)
+
+    async def aclose(self) -> None:
+        """Stop the timer and close the source."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         await aclose_quietly(self._source)

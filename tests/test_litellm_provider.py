@@ -207,3 +207,72 @@ def test_register_is_idempotent() -> None:
     register()
     entries = [p for p in litellm.custom_provider_map if p["provider"] == "lb"]
     assert entries == [{"provider": "lb", "custom_handler": handler}]
+
+
+# -- what the handler reports (SPEC §10 v2) ------------------------------------------------
+
+
+def test_response_names_the_serving_member(profiles: None) -> None:
+    """`model` is the serving member's provider/model; failover shows in the headers."""
+    response = litellm.completion(model="lb/pair", messages=HI)
+    assert response.model == "openai/good-model"
+    headers = response._hidden_params["additional_headers"]
+    assert headers["x-litellm-attempted-fallbacks"] == 1
+    # litellm prefixes every provider header but its own x-litellm-* ones.
+    assert headers["llm_provider-x-lbprovider-backend"] == "good"
+    direct = litellm.completion(model="lb/only-good", messages=HI)
+    assert "x-litellm-attempted-fallbacks" not in direct._hidden_params["additional_headers"]
+
+
+async def test_stream_chunks_name_the_serving_member(profiles: None) -> None:
+    """Every streamed chunk with content names the serving member's provider/model
+    (litellm's own closing chunk carries the name that was asked for)."""
+    stream = await litellm.acompletion(model="lb/pair", messages=HI, stream=True)
+    models = {
+        chunk.model async for chunk in stream if chunk.choices and chunk.choices[0].delta.content
+    }
+    assert models == {"openai/good-model"}
+
+
+async def test_failing_stream_raises_before_it_is_handed_over(profiles: None) -> None:
+    """Nothing can serve: acompletion(stream=True) itself raises, with the status."""
+    with pytest.raises(litellm.ServiceUnavailableError):
+        await litellm.acompletion(model="lb/only-bad", messages=HI, stream=True)
+    with pytest.raises(litellm.AuthenticationError):
+        await litellm.acompletion(model="lb/only-denied", messages=HI, stream=True)
+    with pytest.raises(litellm.BadRequestError):
+        await litellm.acompletion(model="lb/only-rejects", messages=HI, stream=True)
+
+
+def test_rate_limited_everywhere_is_429_with_retry_after(
+    profiles: None, sims: dict[str, SimServer]
+) -> None:
+    """Every member rate limited with Retry-After: 429 and the seconds to wait."""
+    sims["limited"].behavior = sims["limited"].behavior.parse("status=429,retry_after=42")
+    with pytest.raises(litellm.RateLimitError) as info:
+        litellm.completion(model="lb/only-limited", messages=HI)
+    assert info.value.headers == {"retry-after": "42"}  # type: ignore[attr-defined]
+
+
+def test_all_breakers_open_is_503_with_recovery_time(
+    sims: dict[str, SimServer], write_profile: WriteProfile
+) -> None:
+    """Every member skipped by its breaker: 503 with Retry-After until the first recovers."""
+    from lbprovider.provider import LoadBalancingProvider
+
+    write_profile("bad", member(base_url=sims["bad"].url))
+    write_profile("benched", lb(["bad"], policy="roundrobin", circuit_breaker_enabled=True))
+    LoadBalancingProvider.from_profile("benched").bench("bad", 90)
+    with pytest.raises(litellm.ServiceUnavailableError) as info:
+        litellm.completion(model="lb/benched", messages=HI)
+    assert 85 <= int(info.value.headers["retry-after"]) <= 90  # type: ignore[attr-defined]
+
+
+def test_allowed_profiles_limit_what_is_served(
+    profiles: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LBPROVIDER_ALLOWED_PROFILES: other load balancers are not found."""
+    monkeypatch.setenv("LBPROVIDER_ALLOWED_PROFILES", "only-good, pair")
+    assert litellm.completion(model="lb/pair", messages=HI).choices[0].message.content
+    with pytest.raises(litellm.NotFoundError, match="LBPROVIDER_ALLOWED_PROFILES"):
+        litellm.completion(model="lb/only-tools", messages=HI)

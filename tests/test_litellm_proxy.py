@@ -1,8 +1,10 @@
-"""The real LiteLLM proxy with docs/litellm-proxy.yaml in front of lbprovider, reached with
-the official `openai` client, served by a sim backend after a failover (SPEC §10)."""
+"""The real LiteLLM proxy, started with docs/litellm-proxy.yaml, in front of lbprovider
+(SPEC §10): every endpoint a coding assistant uses, streaming and not, reports the
+member that served and answers a real status when nothing can serve."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -12,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,9 +23,14 @@ from tests.conftest import WriteProfile, lb, member
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("both_transports")]
 openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+yaml = pytest.importorskip("yaml")
 pytest.importorskip("litellm.proxy.proxy_server", reason="litellm[proxy] extras not installed")
 
 CONFIG = Path(__file__).resolve().parent.parent / "docs" / "litellm-proxy.yaml"
+HI = [{"role": "user", "content": "hi"}]
+# Load balancers the test adds to the documented config: one per way of failing.
+FAILING = {"down": "status=503,retry_after=7", "keys": "status=401", "rejects": "status=400"}
 
 
 def free_port() -> int:
@@ -33,21 +41,37 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def backends(write_profile: WriteProfile) -> Iterator[tuple[SimServer, SimServer]]:
-    """The profile `coding` (the one the example config names): a failing member, then a
-    healthy one."""
-    with serve_in_thread("status=503") as bad, serve_in_thread("text=via the proxy") as good:
-        write_profile("bad", member(base_url=bad.url))
-        write_profile("good", member(base_url=good.url))
+def backends(write_profile: WriteProfile) -> Iterator[dict[str, SimServer]]:
+    """`coding` (the documented profile): a failing member, then a healthy one; and one
+    load balancer per failure mode."""
+    with (
+        serve_in_thread("status=503") as bad,
+        serve_in_thread("text=via the proxy") as good,
+        serve_in_thread(FAILING["down"]) as down,
+        serve_in_thread(FAILING["keys"]) as keys,
+        serve_in_thread(FAILING["rejects"]) as rejects,
+    ):
+        servers = {"bad": bad, "good": good, "down": down, "keys": keys, "rejects": rejects}
+        for name, server in servers.items():
+            write_profile(name, member(base_url=server.url, model=f"{name}-model"))
         write_profile("coding", lb(["bad", "good"], failover_retry_count=1))
-        yield bad, good
+        for name in FAILING:
+            write_profile(f"only-{name}", lb([name], policy="roundrobin", failover_retry_count=1))
+        yield servers
 
 
 @pytest.fixture
 def proxy(
-    backends: tuple[SimServer, SimServer], isolated: Path, tmp_path: Path
+    backends: dict[str, SimServer], isolated: Path, tmp_path: Path
 ) -> Iterator[tuple[str, str]]:
-    """The LiteLLM proxy on 127.0.0.1, started with the example config; (base URL, key)."""
+    """The LiteLLM proxy on 127.0.0.1 with the documented config (plus the failing load
+    balancers); (base URL, key)."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config["model_list"] += [
+        {"model_name": name, "litellm_params": {"model": f"lb/only-{name}"}} for name in FAILING
+    ]
+    config_path = tmp_path / "proxy.yaml"
+    config_path.write_text(yaml.safe_dump(config))
     port, key = free_port(), "sk-" + secrets.token_hex(24)
     env = {
         **os.environ,
@@ -64,7 +88,7 @@ def proxy(
             "-m",
             "litellm.proxy.proxy_cli",
             "--config",
-            str(CONFIG),
+            str(config_path),
             "--host",
             "127.0.0.1",
             "--port",
@@ -76,7 +100,7 @@ def proxy(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, (tmp_path / "proxy.log").read_text()[-3000:]
             try:
@@ -84,7 +108,7 @@ def proxy(
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise AssertionError("proxy did not start in 90 s") from None
+                    raise AssertionError("proxy did not start in 120 s") from None
                 time.sleep(0.5)  # polling a starting server, not a timing assertion
         yield base, key
     finally:
@@ -96,17 +120,88 @@ def proxy(
         log.close()
 
 
-def test_openai_client_streams_through_proxy(
-    proxy: tuple[str, str], backends: tuple[SimServer, SimServer]
+def body_for(endpoint: str, model: str, stream: bool) -> dict[str, Any]:
+    """A minimal request in each endpoint's own format."""
+    if endpoint == "/v1/chat/completions":
+        return {"model": model, "messages": HI, "stream": stream}
+    if endpoint == "/v1/messages":
+        return {"model": model, "max_tokens": 64, "messages": HI, "stream": stream}
+    return {"model": model, "input": "hi", "stream": stream}
+
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/messages", "/v1/responses")
+
+
+def call(base: str, key: str, endpoint: str, model: str, stream: bool) -> httpx.Response:
+    """One request, read whole (a stream's events included)."""
+    return httpx.post(
+        f"{base}{endpoint}",
+        json=body_for(endpoint, model, stream),
+        headers={"Authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"},
+        timeout=60,
+    )
+
+
+def test_proxy_serves_and_names_the_serving_member(
+    proxy: tuple[str, str], backends: dict[str, SimServer]
 ) -> None:
-    """A streamed chat completion through the proxy is served by the healthy member."""
+    """Through the documented config: the openai client streams after a failover; chat
+    completions, messages and responses, streaming or not, are served by the healthy
+    member and name it; every Claude model name reaches the load balancer; Codex's
+    hosted web_search tool never reaches a member; a wrong proxy key is refused."""
     base, key = proxy
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
-    stream = client.chat.completions.create(
-        model="coding", messages=[{"role": "user", "content": "hi"}], stream=True
+    stream = client.chat.completions.create(model="coding", messages=HI, stream=True)
+    chunks = [c for c in stream if c.choices]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "via the proxy"
+    # Every chunk with content names the member (LiteLLM's closing chunk, the name asked for).
+    assert {c.model for c in chunks if c.choices[0].delta.content} == {"openai/good-model"}
+    assert (backends["bad"].hits, backends["good"].hits) == (1, 1)
+    assert key not in backends["good"].api_keys  # the proxy's key never reaches a member
+
+    for endpoint in ENDPOINTS:
+        for streamed in (False, True):
+            reply = call(base, key, endpoint, "coding", streamed)
+            assert reply.status_code == 200, (endpoint, streamed, reply.text[:500])
+            assert "via" in reply.text
+            # LiteLLM's Messages and Responses adapters build their stream events with
+            # the name asked for (docs/hosts.md): only a chat-completions stream names it.
+            if not streamed or endpoint == "/v1/chat/completions":
+                assert "openai/good-model" in reply.text, (endpoint, streamed)
+    plain = call(base, key, "/v1/chat/completions", "coding", False)
+    assert plain.json()["model"] == "openai/good-model"
+    assert plain.headers["llm_provider-x-lbprovider-backend"] == "good"
+
+    for name in ("claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-opus-4-1"):
+        reply = call(base, key, "/v1/messages", name, False)
+        assert reply.status_code == 200, (name, reply.text[:300])
+        assert reply.json()["content"][0]["text"] == "via the proxy"
+
+    reply = httpx.post(
+        f"{base}/v1/responses",
+        json={"model": "coding", "input": "hi", "tools": [{"type": "web_search"}]},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
     )
-    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    assert text == "via the proxy"
-    bad, good = backends
-    assert (bad.hits, good.hits) == (1, 1)
-    assert key not in good.api_keys  # the proxy's key never reaches a member
+    assert reply.status_code == 200, reply.text[:300]
+    sent = backends["good"].requests[-1]
+    assert not any(t.get("type") == "web_search" for t in sent.get("tools") or [])
+
+    # Without a database, LiteLLM answers a non-master key "No connected db." (hosts.md).
+    wrong = call(base, "sk-not-the-master-key", "/v1/chat/completions", "coding", False)
+    assert wrong.status_code in (400, 401)
+    assert "No connected db" in json.dumps(wrong.json())
+
+
+def test_every_endpoint_answers_a_real_status(proxy: tuple[str, str]) -> None:
+    """Nothing can serve: every endpoint, streaming or not, answers the status itself —
+    never a 200 with an error inside the stream — and a 503 says when to come back."""
+    base, key = proxy
+    for model, status in (("down", 503), ("keys", 401), ("rejects", 400)):
+        for endpoint in ENDPOINTS:
+            for streamed in (False, True):
+                reply = call(base, key, endpoint, model, streamed)
+                assert reply.status_code == status, (model, endpoint, streamed, reply.text[:300])
+                # LiteLLM's Anthropic route drops an error's own headers (docs/hosts.md).
+                if status == 503 and endpoint != "/v1/messages":
+                    assert reply.headers["retry-after"] == "7", (endpoint, streamed)

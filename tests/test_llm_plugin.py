@@ -74,6 +74,24 @@ def test_prompt_streams_after_failover(profiles: None, sims: dict[str, SimServer
     assert (sims["bad"].hits, sims["good"].hits) == (1, 1)
 
 
+@pytest.mark.parametrize("flags", [["--no-stream"], ["--no-stream", "--async"]])
+def test_no_stream_fails_over_after_a_cut_stream(
+    flags: list[str], write_profile: WriteProfile
+) -> None:
+    """`llm --no-stream`: a stream cut half-way fails over; one whole answer comes back."""
+    with (
+        serve_in_thread("drop_after=2,text=cut short") as cut,
+        serve_in_thread("text=whole answer") as whole,
+    ):
+        write_profile("cut", member(base_url=cut.url))
+        write_profile("whole", member(base_url=whole.url))
+        write_profile("cutpair", lb(["cut", "whole"]))
+        result = llm("-m", "lb/cutpair", *flags, "hi")
+        assert result.exit_code == 0, result.output
+        assert result.output == "whole answer\n"
+        assert (cut.hits, whole.hits) == (1, 1)
+
+
 def test_async(profiles: None) -> None:
     """--async uses the async model."""
     result = llm("-m", "lb/pair", "--async", "hi")

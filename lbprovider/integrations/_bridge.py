@@ -1,5 +1,6 @@
 """Running the async engine from synchronous hosts (``llm``'s sync models, litellm's
-``completion``/``streaming``).
+``completion``/``streaming``) and from hosts whose own loop must not wait for it (a
+LiteLLM custom provider opening a stream inside ``completion()``).
 
 One event loop per process runs in a daemon thread, for the life of the process:
 litellm caches HTTP clients per loop, so a fresh loop per call would leave them
@@ -16,7 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["background_loop", "iterate", "reset_background_loop", "run"]
+__all__ = ["aiterate", "background_loop", "iterate", "reset_background_loop", "run"]
 
 T = TypeVar("T")
 
@@ -88,6 +89,38 @@ def iterate(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
     finally:
         if not future.done():
             future.cancel()  # the consumer stopped early: close the upstream
+
+
+async def _step(source: AsyncIterator[T]) -> T | object:
+    try:
+        return await anext(source)
+    except StopAsyncIteration:  # cannot cross a Future: a sentinel instead
+        return _END
+
+
+async def _close(source: AsyncIterator[object]) -> None:
+    close = getattr(source, "aclose", None)
+    if close is not None:
+        await close()
+
+
+async def aiterate(make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+    """The items of ``make()`` — which runs on the background loop — for a consumer on
+    another event loop (a host's), one step at a time; closing this closes the source."""
+    loop = background_loop()
+    source = make()
+    finished = False
+    try:
+        while True:
+            step = asyncio.run_coroutine_threadsafe(_step(source), loop)
+            item = await asyncio.wrap_future(step)
+            if item is _END:
+                finished = True
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        if not finished:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_close(source), loop))
 
 
 class _Raised:

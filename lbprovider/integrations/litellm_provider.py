@@ -6,18 +6,34 @@
 which is how aider, Claude Code and Codex reach it.  This module is only imported
 by litellm hosts, so importing litellm here costs nothing extra.
 
-Engine errors become litellm's exception classes with the matching status, so
-litellm-based tools and the proxy retry, fall back or report them as they would for
-any provider.
+What the host is told (SPEC §10):
+
+- the response's ``model`` is the serving member's ``provider/model``, with its usage;
+  when the request failed over, ``x-litellm-attempted-fallbacks: N`` (which keeps the
+  proxy from restamping ``model``) and ``x-lbprovider-backend: MEMBER`` travel as
+  response headers (``_hidden_params["additional_headers"]``);
+- a streamed response is opened up to its first chunk *before* it is handed to the
+  host, so when nothing can serve, ``acompletion`` itself raises and every proxy
+  endpoint answers a real status instead of a 200 with an error inside the stream;
+- errors are litellm's exception classes with the matching status — 503 (429 when
+  every member was rate limited, with ``Retry-After`` when the first recovery is
+  known), 400 for a rejected request, 401 when every member rejected its key.
+
+``LBPROVIDER_ALLOWED_PROFILES`` (comma-separated) limits the load balancers served.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import litellm
+from litellm import constants as litellm_constants
 from litellm.exceptions import (
     AuthenticationError,
     BadRequestError,
@@ -27,7 +43,15 @@ from litellm.exceptions import (
     ServiceUnavailableError,
 )
 from litellm.llms.custom_llm import CustomLLM
-from litellm.types.utils import Choices, GenericStreamingChunk, Message, ModelResponse, Usage
+from litellm.types.utils import (
+    Choices,
+    Delta,
+    Message,
+    ModelResponse,
+    ModelResponseStream,
+    StreamingChoices,
+    Usage,
+)
 
 from lbprovider.errors import (
     ConfigError,
@@ -37,12 +61,14 @@ from lbprovider.errors import (
     ProfileNotFoundError,
     StreamInterruptedError,
 )
-from lbprovider.integrations._bridge import iterate, run
+from lbprovider.integrations._bridge import aiterate, iterate, run
+from lbprovider.routing import RequestTrace
 from lbprovider.transport import Chunk
 
-__all__ = ["LBHandler", "handler", "register", "to_litellm_error"]
+__all__ = ["ALLOWED_ENV", "LBHandler", "handler", "register", "to_litellm_error"]
 
 PROVIDER = "lb"
+ALLOWED_ENV = "LBPROVIDER_ALLOWED_PROFILES"
 
 # litellm's own plumbing, never a backend parameter
 _DROP = frozenset({"stream", "stream_options", "max_retries", "num_retries"})
@@ -57,32 +83,43 @@ def _params(optional_params: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def to_litellm_error(exc: LBError, model: str) -> Exception:
-    """The litellm exception a host expects for an engine error (status preserved)."""
+    """The litellm exception a host expects for an engine error (status preserved,
+    ``Retry-After`` attached when it is known)."""
     message = str(exc)
     name = f"{PROVIDER}/{_profile_name(model)}"
     status = getattr(exc, "status", None)
+    error: Exception
     if isinstance(exc, ProfileNotFoundError):
-        return NotFoundError(message, model=name, llm_provider=PROVIDER)
-    if isinstance(exc, ConfigError):
-        return BadRequestError(message, model=name, llm_provider=PROVIDER)
-    if isinstance(exc, StreamInterruptedError):
-        return ServiceUnavailableError(message, llm_provider=PROVIDER, model=name)
-    if isinstance(exc, NoBackendAvailableError) and not exc.retryable:
-        kinds = {f.kind for f in exc.failures}
-        if kinds == {FailureKind.REQUEST}:
-            if status == 404:
-                return NotFoundError(message, model=name, llm_provider=PROVIDER)
-            return BadRequestError(message, model=name, llm_provider=PROVIDER)
-    if status == 429:
-        return RateLimitError(message, llm_provider=PROVIDER, model=name)
-    if status == 401:
-        return AuthenticationError(message, llm_provider=PROVIDER, model=name)
-    if status == 403:
-        return PermissionDeniedError(
+        error = NotFoundError(message, model=name, llm_provider=PROVIDER)
+    elif isinstance(exc, ConfigError):
+        error = BadRequestError(message, model=name, llm_provider=PROVIDER)
+    elif isinstance(exc, StreamInterruptedError):
+        error = ServiceUnavailableError(message, llm_provider=PROVIDER, model=name)
+    elif (
+        isinstance(exc, NoBackendAvailableError)
+        and not exc.retryable
+        and {f.kind for f in exc.failures} <= {FailureKind.REQUEST, FailureKind.FINAL}
+    ):
+        if status == 404:
+            error = NotFoundError(message, model=name, llm_provider=PROVIDER)
+        else:
+            error = BadRequestError(message, model=name, llm_provider=PROVIDER)
+    elif status == 429:
+        error = RateLimitError(message, llm_provider=PROVIDER, model=name)
+    elif status == 401:
+        error = AuthenticationError(message, llm_provider=PROVIDER, model=name)
+    elif status == 403:
+        error = PermissionDeniedError(
             message, llm_provider=PROVIDER, model=name, response=_response(403)
         )
-    # Every member down, failing or open: temporarily unavailable, worth retrying later.
-    return ServiceUnavailableError(message, llm_provider=PROVIDER, model=name)
+    else:
+        # Every member down, failing or open: temporarily unavailable, worth retrying later.
+        error = ServiceUnavailableError(message, llm_provider=PROVIDER, model=name)
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, NoBackendAvailableError) and retry_after is not None:
+        # The proxy sends an exception's `headers` with its error response.
+        setattr(error, "headers", {"retry-after": str(max(1, math.ceil(retry_after)))})  # noqa: B010
+    return error
 
 
 def _response(status: int) -> Any:
@@ -94,64 +131,130 @@ def _response(status: int) -> Any:
 def _provider(model: str) -> Any:
     from lbprovider.provider import LoadBalancingProvider
 
-    return LoadBalancingProvider.from_profile(_profile_name(model))
+    name = _profile_name(model)
+    allowed = os.environ.get(ALLOWED_ENV, "").strip()
+    if allowed and name not in {n.strip() for n in allowed.split(",")}:
+        raise NotFoundError(
+            f"load balancer {name!r} is not served here (not in {ALLOWED_ENV})",
+            model=f"{PROVIDER}/{name}",
+            llm_provider=PROVIDER,
+        )
+    try:
+        return LoadBalancingProvider.from_profile(name)
+    except LBError as exc:
+        raise to_litellm_error(exc, model) from exc
 
 
-def _generic(chunk: Chunk) -> GenericStreamingChunk:
-    tool_use = None
+def _keep_model_name(kwargs: Mapping[str, Any]) -> None:
+    """Ask the LiteLLM proxy to pass our ``model`` (the serving member) through.
+
+    The proxy restamps every response's ``model`` with the name the client asked for,
+    unless the request's metadata carries the flag LiteLLM's own complexity router sets
+    for the model it picked; the proxy's Router also overwrites
+    ``x-litellm-attempted-fallbacks`` with its own count (0), so that header cannot do
+    it.  The metadata dict is the proxy's request data, shared with this call.
+    """
+    key = getattr(litellm_constants, "RETURN_RAW_MODEL_NAME_METADATA_KEY", None)
+    params = kwargs.get("litellm_params") or {}
+    for name in ("metadata", "litellm_metadata"):
+        metadata = params.get(name)
+        if key and isinstance(metadata, dict):
+            metadata[key] = True
+
+
+def _report(trace: RequestTrace) -> dict[str, Any]:
+    """Response headers saying who served, and whether the request failed over."""
+    headers: dict[str, Any] = {}
+    if trace.backend is not None:
+        headers["x-lbprovider-backend"] = trace.backend
+    fallbacks = len({f.member for f in trace.failures})
+    if fallbacks:
+        headers["x-litellm-attempted-fallbacks"] = fallbacks
+    return headers
+
+
+def _stream_chunk(chunk: Chunk, trace: RequestTrace) -> ModelResponseStream:
+    """One engine chunk as litellm's stream chunk, naming the serving member."""
+    delta: dict[str, Any] = {"role": "assistant", "content": chunk.text or None}
     if chunk.tool_calls:
-        delta = chunk.tool_calls[0]
-        tool_use = {
-            "id": delta.id,
-            "type": "function",
-            "index": delta.index,
-            "function": {"name": delta.name, "arguments": delta.arguments},
-        }
-    usage = chunk.usage.to_dict() if chunk.usage is not None else None
-    return GenericStreamingChunk(
-        text=chunk.text,
-        tool_use=tool_use,  # type: ignore[typeddict-item]
-        is_finished=chunk.finish_reason is not None or usage is not None,
-        finish_reason=chunk.finish_reason or "",
-        usage=usage,  # type: ignore[typeddict-item]
-        index=0,
+        delta["tool_calls"] = [
+            {
+                "index": d.index,
+                "id": d.id,
+                "type": "function",
+                "function": {"name": d.name, "arguments": d.arguments},
+            }
+            for d in chunk.tool_calls
+        ]
+    choice = StreamingChoices(index=0, delta=Delta(**delta), finish_reason=chunk.finish_reason)
+    out = ModelResponseStream(choices=[choice], model=chunk.model or trace.model)
+    if chunk.usage is not None:
+        out.usage = _usage(chunk)
+    out._hidden_params["additional_headers"] = _report(trace)
+    return out
+
+
+def _usage(chunk: Chunk) -> Usage:
+    assert chunk.usage is not None
+    return Usage(
+        prompt_tokens=chunk.usage.prompt_tokens,
+        completion_tokens=chunk.usage.completion_tokens,
+        total_tokens=chunk.usage.total_tokens,
     )
 
 
-def _split(chunk: Chunk) -> Iterator[Chunk]:
-    """One chunk per tool-call delta: litellm's generic chunk carries one ``tool_use``."""
-    if len(chunk.tool_calls) <= 1:
-        yield chunk
-        return
-    for i, delta in enumerate(chunk.tool_calls):
-        last = i == len(chunk.tool_calls) - 1
-        yield Chunk(
-            text=chunk.text if i == 0 else "",
-            tool_calls=(delta,),
-            finish_reason=chunk.finish_reason if last else None,
-            usage=chunk.usage if last else None,
-            backend=chunk.backend,
-            model=chunk.model,
-        )
+@dataclass
+class _Opened:
+    """A request routed up to its first chunk: nothing can fail before the host has it."""
+
+    model: str
+    first: Chunk | None
+    chunks: AsyncIterator[Chunk]
+    trace: RequestTrace
+
+    async def rest(self) -> AsyncIterator[ModelResponseStream]:
+        """Every chunk as litellm's.  A finish reason without content is held back to
+        the end: OpenAI sends the usage after it, but litellm's stream wrapper drops a
+        custom provider's chunks without content once it has seen a finish reason."""
+        finish: Chunk | None = None
+        try:
+            if self.first is not None:
+                yield _stream_chunk(self.first, self.trace)
+            async for chunk in self.chunks:
+                if chunk.finish_reason is not None and not chunk.is_content:
+                    finish = replace(chunk, usage=None)
+                    if chunk.usage is None:
+                        continue
+                    chunk = Chunk(usage=chunk.usage, model=chunk.model)
+                yield _stream_chunk(chunk, self.trace)
+            if finish is not None:
+                yield _stream_chunk(finish, self.trace)
+        except LBError as exc:
+            raise to_litellm_error(exc, self.model) from exc
+        finally:
+            close = getattr(self.chunks, "aclose", None)
+            if close is not None:
+                await close()
 
 
-async def _astream(
-    model: str, messages: list[Any], optional_params: Mapping[str, Any] | None
-) -> AsyncIterator[GenericStreamingChunk]:
+async def _open(model: str, messages: list[Any], optional: Mapping[str, Any] | None) -> _Opened:
+    trace = RequestTrace()
+    chunks = _provider(model).stream_traced(messages, trace, **_params(optional))
     try:
-        provider = _provider(model)
-        usage = None
-        finish = None
-        async for chunk in provider.stream(messages, **_params(optional_params)):
-            usage = chunk.usage or usage
-            finish = chunk.finish_reason or finish
-            for part in _split(chunk):
-                if part.text or part.tool_calls:
-                    yield _generic(Chunk(text=part.text, tool_calls=part.tool_calls))
-        # Usage (and the finish reason) on the final chunk, as OpenAI streams it.
-        yield _generic(Chunk(finish_reason=finish or "stop", usage=usage))
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = None
     except LBError as exc:
         raise to_litellm_error(exc, model) from exc
+    return _Opened(model, first, chunks, trace)
+
+
+def _in_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class LBHandler(CustomLLM):
@@ -170,10 +273,12 @@ class LBHandler(CustomLLM):
     async def acompletion(
         self, model: str, messages: list[Any], *args: Any, **kwargs: Any
     ) -> ModelResponse:
-        """Non-streaming: the whole answer, usage and tool calls in one ModelResponse."""
+        """Non-streaming: one whole answer from one member, in one ModelResponse."""
+        trace = RequestTrace()
+        provider = _provider(model)
         try:
-            result = await _provider(model).complete(
-                messages, **_params(kwargs.get("optional_params"))
+            result = await provider.complete_traced(
+                messages, trace, **_params(kwargs.get("optional_params"))
             )
         except LBError as exc:
             raise to_litellm_error(exc, model) from exc
@@ -189,7 +294,7 @@ class LBHandler(CustomLLM):
                 or ("tool_calls" if result.tool_calls else "stop"),
             )
         ]
-        response.model = f"{PROVIDER}/{_profile_name(model)}"
+        response.model = result.model or f"{PROVIDER}/{_profile_name(model)}"
         response.created = int(time.time())
         if result.usage is not None:
             response.usage = Usage(  # type: ignore[attr-defined]
@@ -197,25 +302,43 @@ class LBHandler(CustomLLM):
                 completion_tokens=result.usage.completion_tokens,
                 total_tokens=result.usage.total_tokens,
             )
+        response._hidden_params["additional_headers"] = _report(trace)
         response._hidden_params["lbprovider_backend"] = result.backend
         response._hidden_params["lbprovider_model"] = result.model
+        _keep_model_name(kwargs)
         return response
 
-    def streaming(
+    def streaming(  # type: ignore[override]
         self, model: str, messages: list[Any], *args: Any, **kwargs: Any
-    ) -> Iterator[GenericStreamingChunk]:
-        """Streaming, from synchronous code."""
-        optional = kwargs.get("optional_params")
-        yield from iterate(lambda: _astream(model, messages, optional))
+    ) -> Iterator[ModelResponseStream]:
+        """Streaming, from synchronous code: opened to its first chunk before returning."""
+        opened = run(_open(model, messages, kwargs.get("optional_params")))
+        _keep_model_name(kwargs)
+        return iterate(opened.rest)
 
-    # The base class declares a coroutine returning an iterator; litellm iterates the
-    # result of calling it, which an async generator satisfies.
-    async def astreaming(  # type: ignore[override]
+    # litellm calls this synchronously, inside `completion()`, which `acompletion` runs in
+    # a worker thread: so the request is routed to its first chunk here, on lbprovider's
+    # background loop, and a failure raises from `acompletion` itself — before the host
+    # has a stream to start.  (Called inside a running loop, it cannot block: it falls
+    # back to opening lazily, as the base class does.)
+    def astreaming(  # type: ignore[override]
         self, model: str, messages: list[Any], *args: Any, **kwargs: Any
-    ) -> AsyncIterator[GenericStreamingChunk]:
+    ) -> AsyncIterator[ModelResponseStream]:
         """Streaming: text and tool-call deltas as they come, usage on the last chunk."""
-        async for chunk in _astream(model, messages, kwargs.get("optional_params")):
-            yield chunk
+        optional = kwargs.get("optional_params")
+        if _in_a_loop():
+            return _lazily(model, messages, optional)
+        opened = run(_open(model, messages, optional))
+        _keep_model_name(kwargs)
+        return aiterate(opened.rest)
+
+
+async def _lazily(
+    model: str, messages: list[Any], optional: Mapping[str, Any] | None
+) -> AsyncIterator[ModelResponseStream]:
+    opened = await _open(model, messages, optional)
+    async for chunk in opened.rest():
+        yield chunk
 
 
 handler = LBHandler()

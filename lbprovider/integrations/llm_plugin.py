@@ -185,16 +185,26 @@ class _LBShared:
             ]
         return params
 
-    async def _stream(self, prompt: Any, response: Any) -> AsyncGenerator[str, None]:
-        """The engine's chunks as text; usage, serving member and tool calls recorded."""
+    async def _stream(self, prompt: Any, response: Any, stream: bool) -> AsyncGenerator[str, None]:
+        """The engine's chunks as text; usage, serving member and tool calls recorded.
+
+        ``stream`` False (``llm --no-stream``): the whole answer from one member, so a
+        stream that breaks half-way fails over instead of failing (SPEC §3.4).
+        """
         from lbprovider.errors import LBError
 
         provider = self._provider()
         calls: dict[int, dict[str, Any]] = {}
         usage = None
         backend = model = None
+        messages, params = openai_messages(prompt), self._params(prompt)
         try:
-            async for chunk in provider.stream(openai_messages(prompt), **self._params(prompt)):
+            chunks = (
+                provider.stream(messages, **params)
+                if stream
+                else _whole(provider, messages, params)
+            )
+            async for chunk in chunks:
                 backend, model = chunk.backend or backend, chunk.model or model
                 usage = chunk.usage or usage
                 for delta in chunk.tool_calls:
@@ -221,6 +231,30 @@ class _LBShared:
             )
 
 
+async def _whole(provider: Any, messages: Any, params: dict[str, Any]) -> AsyncGenerator[Any, None]:
+    """A non-streaming answer, as the chunks the streaming path reads."""
+    from lbprovider.transport import Chunk, ToolCallDelta
+
+    result = await provider.complete(messages, **params)
+    calls = tuple(
+        ToolCallDelta(
+            index=i,
+            id=call.get("id"),
+            name=call["function"]["name"],
+            arguments=call["function"]["arguments"],
+        )
+        for i, call in enumerate(result.tool_calls)
+    )
+    yield Chunk(
+        text=result.text,
+        tool_calls=calls,
+        finish_reason=result.finish_reason,
+        usage=result.usage,
+        backend=result.backend,
+        model=result.model,
+    )
+
+
 class LBModel(_LBShared, llm.Model):  # type: ignore[misc]
     """The synchronous ``lb/NAME`` model."""
 
@@ -230,7 +264,7 @@ class LBModel(_LBShared, llm.Model):  # type: ignore[misc]
         """Run the request on lbprovider's background loop and stream its text."""
         from lbprovider.integrations._bridge import iterate
 
-        yield from iterate(lambda: self._stream(prompt, response))
+        yield from iterate(lambda: self._stream(prompt, response, stream))
 
 
 class LBAsyncModel(_LBShared, llm.AsyncModel):  # type: ignore[misc]
@@ -240,5 +274,5 @@ class LBAsyncModel(_LBShared, llm.AsyncModel):  # type: ignore[misc]
         self, prompt: Any, stream: bool, response: Any, conversation: Any = None
     ) -> AsyncGenerator[str, None]:
         """Stream the request's text."""
-        async for text in self._stream(prompt, response):
+        async for text in self._stream(prompt, response, stream):
             yield text
