@@ -472,6 +472,18 @@ def targets(results: dict[str, Any]) -> list[str]:
             / cold["llm -m sim-direct (no lbprovider)"]["wall_s"]
         )
         rows.append(("cold `llm -m lb/NAME` wall ÷ `llm -m` direct", ratio, "≤ 1.3", ratio <= 1.3))
+        base = cold.get(cold_start.BASELINE, {}).get("cpu_s")
+        for command in ("lbprovider --help", "lbprovider profiles list", "lbprovider stats --json"):
+            if base and command in cold:
+                ratio = cold[command]["cpu_s"] / base
+                rows.append(
+                    (
+                        f"cold `{command}` CPU ÷ importing click, pydantic, rich",
+                        ratio,
+                        "≤ 2",
+                        ratio <= 2,
+                    )
+                )
     lines = ["| target | measured | wanted | |", "|---|---|---|---|"]
     lines += [
         f"| {name} | {value:.2f}× | {wanted} | {'met' if ok else 'missed'} |"

@@ -1,27 +1,52 @@
 """The ``lbprovider`` command line (SPEC §8), also mounted by the ``llm`` plugin as ``llm lb``.
 
-Exit codes: 0 ok, 1 a request failed, 2 bad input.  Nothing here imports litellm
-at module level: ``--help``, ``profiles …`` and ``stats`` must start fast.
+Exit codes: 0 ok, 1 a request failed, 2 bad input, 130 interrupted (Ctrl-C); a closed
+stdout pipe (``| head``) ends quietly with 0.  :func:`exit_code_for` is the one place that
+maps an exception to a code.  Warnings, errors and ``-v`` logs go to stderr.  Nothing here
+imports litellm or pydantic at module level: ``--help`` must start fast, and each command
+imports what it uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lbprovider.errors import ConfigError, LBError
-from lbprovider.profile_store import ProfileStore
-from lbprovider.profiles import redact_profile
+
+if TYPE_CHECKING:
+    from lbprovider.profile_store import ProfileStore
 
 __all__ = ["cli", "main"]
 
+EXIT_OK = 0
 EXIT_REQUEST_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def exit_code_for(exc: BaseException) -> tuple[int, str | None]:
+    """The exit code for an exception, and what to say on stderr (None: nothing)."""
+    if isinstance(exc, ConfigError):
+        return EXIT_BAD_INPUT, f"error: {exc}"
+    if isinstance(exc, LBError):
+        return EXIT_REQUEST_FAILED, f"error: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(exc, BrokenPipeError):
+        return EXIT_OK, None  # `lbprovider stats | head`: the reader has what it wanted
+    if isinstance(exc, OSError):
+        # The environment, not a bug: a home that is a file, a full disk, a busy port.
+        where = f" {exc.filename}" if exc.filename else ""
+        return EXIT_BAD_INPUT, f"error:{where}: {exc.strerror or exc}"
+    raise exc
 
 
 class LBGroup(click.Group):
@@ -30,19 +55,29 @@ class LBGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
-            _fail(ctx, exc, EXIT_BAD_INPUT)
-        except LBError as exc:
-            _fail(ctx, exc, EXIT_REQUEST_FAILED)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            code, message = exit_code_for(exc)
+            if isinstance(exc, BrokenPipeError):
+                _silence_stdout()
+            if message:
+                click.echo(message, err=True)
+            ctx.exit(code)
 
 
-def _fail(ctx: click.Context, exc: LBError, code: int) -> NoReturn:
-    click.echo(f"error: {exc}", err=True)
-    ctx.exit(code)
+def _silence_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so exit's flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError):
+        os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _store(ctx: click.Context) -> ProfileStore:
     """The profile store of the environment (search path from env and working dir)."""
+    from lbprovider.profile_store import ProfileStore
+
     return ProfileStore()
 
 
@@ -91,6 +126,8 @@ def profiles_show(ctx: click.Context, name: str) -> None:
     path = store.path_of(name)
     data = store.read_raw(path)
     click.echo(f"# {path}", err=True)
+    from lbprovider.redaction import redact_profile
+
     click.echo(json.dumps(redact_profile(data), indent=2, ensure_ascii=False))
 
 
@@ -214,11 +251,10 @@ def chat_command(
 ) -> None:
     """Send PROMPT (or stdin) through load balancer PROFILE and stream the answer."""
     import asyncio
-    import logging
 
     from lbprovider.provider import LoadBalancingProvider
 
-    text = prompt if prompt is not None else sys.stdin.read()
+    text = prompt if prompt is not None else _read_stdin()
     if not text.strip():
         raise ConfigError(
             "empty prompt",
@@ -228,7 +264,7 @@ def chat_command(
     provider = LoadBalancingProvider.from_profile(profile)
     _warn(provider.config.warnings)
     if verbose:
-        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        _log_to_stderr()
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": text}
     ]
@@ -249,17 +285,27 @@ def chat_command(
 
 @cli.command("stats")
 @click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True, help="print the SPEC §6 JSON object(s)")
+@click.option(
+    "--json", "as_json", is_flag=True, help="print the report as JSON (a list without NAME)"
+)
 @click.option("--reset", is_flag=True, help="clear counters (breakers stay)")
 @click.pass_context
 def stats_command(ctx: click.Context, name: str | None, as_json: bool, reset: bool) -> None:
     """Show what each member of NAME (default: every profile with recorded state) did."""
     from lbprovider import stats as stats_mod
     from lbprovider.clock import SystemClock
-    from lbprovider.state import default_store
+    from lbprovider.state import default_store, state_url
 
     profiles = _store(ctx)
     state = default_store()
+    if getattr(state, "degraded", False):
+        # A request may go on without the state file; a report of it cannot.
+        raise ConfigError(
+            f"the state store {state_url()} cannot be read, so there is nothing to report",
+            field="LBPROVIDER_STATE",
+            hint="move the broken file aside (a new one is made), or point LBPROVIDER_STATE "
+            "elsewhere",
+        )
     if name is not None:
         configs = [profiles.load_loadbalancer(name)]
     else:
@@ -288,6 +334,46 @@ def stats_command(ctx: click.Context, name: str | None, as_json: bool, reset: bo
         render_stats(report, console)
 
 
+def _read_stdin() -> str:
+    """Standard input as text; bytes that are not UTF-8 are the caller's error (exit 2)."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"standard input is not UTF-8 text (byte {exc.start})",
+            field="PROMPT",
+            hint="send UTF-8 text; check the file's or the terminal's encoding",
+        ) from None
+
+
+def _log_to_stderr() -> None:
+    """``-v``: lbprovider's own log lines, on stderr only (never stdout, never twice)."""
+    import logging
+
+    class Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+        """Writes to whatever ``sys.stderr`` is at the time (click's runner swaps it)."""
+
+        @property
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value: Any) -> None:
+            pass
+
+    logger = logging.getLogger("lbprovider")
+    if not any(type(h).__name__ == "Stderr" for h in logger.handlers):
+        handler = Stderr()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+MAX_BENCH_S = 366 * 86400
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 
 
@@ -304,6 +390,12 @@ def parse_duration(text: str) -> float:
     seconds = h * 3600 + m * 60 + sec
     if seconds <= 0:
         raise ConfigError("the duration must be positive", field="--for")
+    if seconds > MAX_BENCH_S:
+        raise ConfigError(
+            f"cannot read duration {text!r}: longer than {MAX_BENCH_S // 86400} days",
+            field="--for",
+            hint="bench for at most a year; unbench by hand sooner",
+        )
     return seconds
 
 
@@ -333,9 +425,9 @@ def bench_command(ctx: click.Context, member: str, duration: str) -> None:
 
     seconds = parse_duration(duration)
     _member_profile(ctx, member)
-    now = dt.datetime.now()
+    now = dt.datetime.now().astimezone()
     bench_member(default_store(), member, seconds, now.timestamp())
-    until = (now + dt.timedelta(seconds=seconds)).strftime("%H:%M:%S")
+    until = (now + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S %Z")
     click.echo(f"benched {member} until {until}")
 
 
@@ -405,12 +497,26 @@ def sim_command(port: int, behavior: str, duration: float | None) -> None:
         parsed = sim.Behavior.parse(behavior)
     except ValueError as exc:
         raise ConfigError(str(exc), field="--behavior", hint="see lbprovider sim --help") from None
-    sim.run_forever(parsed, port=port, duration=duration)
+    try:
+        sim.run_forever(parsed, port=port, duration=duration)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}",
+            field="--port",
+            hint="pick another port, or 0 for a free one",
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    cli.main(args=argv, prog_name="lbprovider")
+    try:
+        cli.main(args=argv, prog_name="lbprovider")
+    finally:
+        # Output still buffered for a reader that has gone (`| head`) is not an error.
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,9 @@
     │   ├── ProfileNameError         a name that could become a path
     │   ├── ProfileNotFoundError     no file with that name on the search path
     │   ├── ProfileFormatError       unreadable or truncated JSON (names line and column)
-    │   └── ProfileValidationError   a field with a bad value (names the field path)
+    │   ├── ProfileValidationError   a field with a bad value (names the field path)
+    │   └── InvalidRequestError      a request that cannot be sent as given (not valid text,
+    │                                a message of the wrong shape): no member is asked
     ├── TransportError               a transport's failure in neutral terms (.status,
     │                                .retry_after, .code, .network, .timeout): what every
     │                                transport raises, and all that classification reads
@@ -35,6 +37,7 @@ __all__ = [
     "ConfigError",
     "FailureKind",
     "FirstChunkTimeoutError",
+    "InvalidRequestError",
     "LBError",
     "MemberFailure",
     "NoBackendAvailableError",
@@ -136,6 +139,12 @@ class ProfileFormatError(ConfigError):
 
 class ProfileValidationError(ConfigError):
     """A field of a profile holds a value we cannot use."""
+
+
+class InvalidRequestError(ConfigError):
+    """The caller's request cannot be sent as given (SPEC §3.2 item 5): text that is not
+    valid UTF-8, a message list of the wrong shape.  Refused before any member is asked,
+    it counts against no member."""
 
 
 class TransportError(LBError):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import fcntl
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,15 @@ from lbprovider.profiles import (
 )
 from lbprovider.settings import SETTING_KEYS
 
-__all__ = ["ProfileEntry", "ProfileStore", "Validation", "atomic_write_json"]
+__all__ = [
+    "PROFILE_LIMIT",
+    "ProfileEntry",
+    "ProfileStore",
+    "Validation",
+    "atomic_write_json",
+    "profile_lock",
+    "read_profile_json",
+]
 
 _SUFFIX = ".json"
 
@@ -62,6 +72,104 @@ def atomic_write_json(path: Path, data: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+PROFILE_LIMIT = 1024 * 1024
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def check_profile_file(path: Path) -> None:
+    """The one check of a profile path: a regular file of sensible size, or an error
+    that says what is there instead (never "not found", never a hang on a FIFO)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        raise ConfigError("the file does not exist", file=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file=path) from None
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            info = path.stat()
+        except OSError:
+            target = os.readlink(path)
+            raise ConfigError(
+                f"is a symbolic link to {target!r}, which does not exist",
+                file=path,
+                hint="fix or remove the link",
+            ) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(
+            "is a directory, not a profile file", file=path, hint="profiles are NAME.json files"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(
+            "is not a regular file (a FIFO, socket or device)",
+            file=path,
+            hint="profiles are NAME.json files",
+        )
+    if info.st_size > PROFILE_LIMIT:
+        raise ConfigError(
+            f"is larger than {PROFILE_LIMIT // 1024} KiB",
+            file=path,
+            hint="a profile is a small JSON object",
+        )
+
+
+def read_profile_json(path: Path) -> Any:
+    """A profile file's JSON: UTF-8 (a BOM is fine), no duplicate keys, not absurdly
+    nested; every problem is a :class:`ConfigError` naming the file."""
+    check_profile_file(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ProfileFormatError("the file is not UTF-8 text", file=path) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the file: {exc.strerror or exc}",
+            file=path,
+            hint="check that it is readable",
+        ) from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise ProfileFormatError(exc.msg, file=path, line=exc.lineno, column=exc.colno) from None
+    except _DuplicateKey as exc:
+        raise ProfileFormatError(
+            f"the key {exc.key!r} appears twice in one object (which one was meant?)", file=path
+        ) from None
+    except RecursionError:
+        raise ProfileFormatError("it is nested too deeply to be a profile", file=path) from None
+
+
+@contextlib.contextmanager
+def profile_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock that serialises edits of a profile (SPEC §2): ten
+    processes pushing ten members at once leave all ten in the file.
+
+    The lock is taken on the profile's directory (``flock`` works on a directory's file
+    descriptor), so no lock file is left beside the profiles; edits are rare enough
+    that one lock per directory costs nothing.
+    """
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +221,15 @@ class ProfileStore:
     # -- finding and reading -------------------------------------------------------------
 
     def find(self, name: str) -> Path | None:
-        """The file that holds profile ``name``, or None. The name is checked first."""
+        """Where profile ``name`` is, or None. The name is checked first.
+
+        Anything at the path counts (a directory, a FIFO, a dangling symlink): reading
+        it then says what it is, rather than "not found" or a hang.
+        """
         check_name(name)
         for d in self.dirs:
             candidate = d / f"{name}{_SUFFIX}"
-            if candidate.is_file():
+            if os.path.lexists(candidate):
                 return candidate
         return None
 
@@ -136,29 +248,14 @@ class ProfileStore:
                 continue
             for p in sorted(d.glob(f"*{_SUFFIX}")):
                 name = p.name[: -len(_SUFFIX)]
-                if p.is_file() and _valid_name(name):
+                if _valid_name(name):
                     found.setdefault(name, []).append(p)
         return [ProfileEntry(n, ps[0], tuple(ps[1:])) for n, ps in sorted(found.items())]
 
     @staticmethod
     def read_raw(path: Path) -> Any:
         """Read a profile file's JSON; a truncated file names the line and column."""
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ProfileFormatError("the file is not UTF-8 text", file=path) from None
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the file: {exc.strerror or exc}",
-                file=path,
-                hint="check that it exists and is readable",
-            ) from None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ProfileFormatError(
-                exc.msg, file=path, line=exc.lineno, column=exc.colno
-            ) from None
+        return read_profile_json(path)
 
     def load(self, name: str) -> tuple[Path, MemberProfile | LoadBalancerProfile]:
         """Find and parse profile ``name`` (member or load balancer)."""
@@ -186,11 +283,14 @@ class ProfileStore:
         *,
         file: Path | None = None,
         strict: bool = False,
+        keys: bool = True,
     ) -> LoadBalancerConfig:
         """Resolve members in order. Missing ones are dropped with a warning unless ``strict``.
 
         Duplicates keep their first position (warning); a member that is itself a
-        load balancer is an error; too few usable members is an error.
+        load balancer is an error; a member whose key cannot be resolved is left out with
+        a warning (``keys`` False: keys are not resolved at all, as when saving); too few
+        usable members is an error.
         """
         warnings: list[str] = []
         members: list[Member] = []
@@ -217,7 +317,6 @@ class ProfileStore:
                     raise _nesting_error(member_name, file=file, field=where)
                 parsed = parse_profile(raw, file=member_path)
                 assert isinstance(parsed, MemberProfile)
-                key = resolve_key(parsed, file=member_path, env=self._env)
                 member_file: Path | None = member_path
             elif isinstance(entry, dict):
                 inline = parse_inline_member(entry, file=file, field=where)
@@ -229,7 +328,6 @@ class ProfileStore:
                     )
                     continue
                 parsed = inline
-                key = resolve_key(inline, file=file, field_prefix=f"{where}.", env=self._env)
                 member_file = file
             else:
                 raise ProfileValidationError(
@@ -240,6 +338,19 @@ class ProfileStore:
                     hint="write the member's profile name as a string",
                 )
             seen[member_name] = i
+            key = None
+            if keys:
+                try:
+                    key = resolve_key(
+                        parsed,
+                        file=member_file,
+                        field_prefix="" if isinstance(entry, str) else f"{where}.",
+                        env=self._env,
+                    )
+                except ConfigError as exc:
+                    # SPEC §2.2: an unusable member is left out like a missing one.
+                    warnings.append(f"{where}: member {member_name!r} left out: {exc}")
+                    continue
             members.append(
                 Member(
                     name=member_name,
@@ -259,13 +370,12 @@ class ProfileStore:
         minimum = 2 if profile.policy is Policy.FAILOVER else 1
         if len(members) < minimum:
             need = "at least 2 usable members" if minimum == 2 else "a usable member"
-            dropped = f" ({'; '.join(warnings)})" if warnings else ""
+            dropped = f": {'; '.join(warnings)}" if warnings else ""
             raise ProfileValidationError(
                 f"a {profile.policy.value} load balancer needs {need}, "
                 f"{len(members)} left{dropped}",
                 file=file,
                 field="profiles",
-                hint="add member profiles, or fix the missing ones",
             )
         return LoadBalancerConfig(
             name=name,
@@ -325,7 +435,14 @@ class ProfileStore:
             path = existing
         else:
             path = self.write_dir / f"{name}{_SUFFIX}"
-        atomic_write_json(path, dict(data))
+        try:
+            atomic_write_json(path, dict(data))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the file: {exc.strerror or exc}",
+                file=path,
+                hint="check that its directory exists and that you may write to it",
+            ) from None
         return path
 
     def save_loadbalancer(
@@ -365,11 +482,27 @@ class ProfileStore:
             "ephemeralSettings": dict(settings or {}),
         }
         target = (directory or (existing.parent if existing else self.write_dir)) / f"{name}.json"
-        config = self._check_lb(name, data, file=target)
-        return self.write(name, data, directory=target.parent), config
+        try:
+            config = self._check_lb(name, data, file=target)
+        except ConfigError as exc:
+            if os.path.lexists(target):
+                raise
+            # Nothing is written yet: the error is about the command's own arguments.
+            raise ConfigError(
+                exc.reason,
+                field=_argument_of(exc.field, members),
+                hint=None if exc.hint and "in the file" in exc.hint else exc.hint,
+            ) from None
+        _make_dir(target.parent)
+        with profile_lock(target):
+            return self.write(name, data, directory=target.parent), config
 
     def push(self, name: str, member: str) -> tuple[Path, LoadBalancerConfig]:
         """Append ``member`` to load balancer ``name``'s list, with validation."""
+        with profile_lock(self.path_of(name)):
+            return self._push(name, member)
+
+    def _push(self, name: str, member: str) -> tuple[Path, LoadBalancerConfig]:
         path, data = self._read_lb(name)
         check_name(member, field="MEMBER")
         names = _entry_names(data["profiles"])
@@ -390,6 +523,10 @@ class ProfileStore:
 
     def pop(self, name: str) -> tuple[Path, str, LoadBalancerConfig]:
         """Remove the last member of load balancer ``name``; returns the removed name."""
+        with profile_lock(self.path_of(name)):
+            return self._pop(name)
+
+    def _pop(self, name: str) -> tuple[Path, str, LoadBalancerConfig]:
         path, data = self._read_lb(name)
         entries = list(data["profiles"])
         policy = str(data.get("policy", "")).lower()
@@ -424,7 +561,35 @@ class ProfileStore:
     def _check_lb(self, name: str, data: Mapping[str, Any], *, file: Path) -> LoadBalancerConfig:
         profile = parse_profile(dict(data), file=file)
         assert isinstance(profile, LoadBalancerProfile)
-        return self.resolve(name, profile, file=file, strict=True)
+        # Saving never requires keys (SPEC §2.2): they are resolved when the profile is used.
+        return self.resolve(name, profile, file=file, strict=True, keys=False)
+
+
+def _argument_of(field: str | None, members: list[str]) -> str | None:
+    """The command-line argument a field of a not-yet-written profile came from."""
+    if field is None:
+        return None
+    if field == "policy":
+        return "--policy"
+    if field.startswith("ephemeralSettings."):
+        return f"--set {field.removeprefix('ephemeralSettings.')}"
+    if field.startswith("profiles["):
+        index = field[len("profiles[") :].split("]", 1)[0]
+        if index.isdigit() and int(index) < len(members):
+            return f"MEMBER {members[int(index)]!r}"
+        return "MEMBERS"
+    return field
+
+
+def _make_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the profile directory {directory}: {exc.strerror or exc}",
+            field="LBPROVIDER_HOME",
+            hint="point LBPROVIDER_HOME at a directory you can write, or use --dir",
+        ) from None
 
 
 def _valid_name(name: str) -> bool:

@@ -9,8 +9,10 @@ resolved, ready-to-route forms the engine sees.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -29,7 +31,7 @@ from pydantic import (
 )
 
 from lbprovider.errors import ConfigError, ProfileNameError, ProfileValidationError
-from lbprovider.redaction import redact
+from lbprovider.redaction import is_path_like, redact, redact_profile
 from lbprovider.settings import LBSettings
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_MAX = 100
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KEY_FIELDS = ("auth-key",)
 
@@ -56,8 +59,16 @@ KEY_FIELDS = ("auth-key",)
 def check_name(name: str, *, file: Path | None = None, field: str | None = None) -> str:
     """Return ``name`` if it is a valid profile name, else raise ProfileNameError.
 
-    A name never becomes an arbitrary path: no ``/``, no ``..``, no leading dot.
+    A name never becomes an arbitrary path: no ``/``, no ``..``, no leading dot, at most
+    :data:`NAME_MAX` characters.
     """
+    if isinstance(name, str) and len(name) > NAME_MAX:
+        raise ProfileNameError(
+            f"profile name of {len(name)} characters ({name[:20]!r}...)",
+            file=file,
+            field=field,
+            hint=f"use at most {NAME_MAX} characters",
+        )
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise ProfileNameError(
             f"invalid profile name {name!r}",
@@ -158,6 +169,17 @@ class MemberProfile(_ProfileBase):
             raise ValueError("must not be blank")
         return v
 
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, v: str) -> str:
+        from lbprovider.providers import KNOWN_PROVIDERS
+
+        if v not in KNOWN_PROVIDERS:
+            close = difflib.get_close_matches(v.lower(), KNOWN_PROVIDERS, n=1)
+            suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown provider {v!r}{suggestion}")
+        return v
+
 
 class InlineMember(MemberProfile):
     """A member written inside a load-balancer file (it has its own ``name``)."""
@@ -211,12 +233,56 @@ def _field_path(loc: tuple[int | str, ...], prefix: str = "") -> str:
     return out
 
 
+_PLAIN: dict[str, str] = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "dict_type": "must be a JSON object",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "list_type": "must be a JSON list",
+    "tuple_type": "must be a JSON list",
+    "string_too_short": "must not be empty",
+    "too_short": "must not be empty",
+    "extra_forbidden": "is not a known field",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "enum": "must be one of {expected}",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def plain_message(err: Mapping[str, Any]) -> str:
+    """One pydantic error in plain words: what the value must be, and ``null`` named
+    as such (pydantic says "NoneType", "valid tuple", "instance of LBSettings")."""
+    kind = str(err.get("type", ""))
+    ctx = err.get("ctx") or {}
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    template = _PLAIN.get(kind)
+    if template is None:
+        return str(err.get("msg", "is not valid"))
+    try:
+        text = template.format(**ctx)
+    except (KeyError, IndexError):
+        text = template
+    if err.get("input", ...) is None and kind != "missing":
+        text += " (null is not allowed here)"
+    return text
+
+
 def validation_error(
     exc: ValidationError, *, file: Path | None, prefix: str = "", what: str = ""
 ) -> ProfileValidationError:
-    """Turn a pydantic error into one that names the file and every field path."""
+    """Turn a pydantic error into one that names the file and every field path, in
+    words a profile's author uses (not pydantic's)."""
     problems = [
-        (_field_path(err["loc"], prefix) or prefix or "(top level)", err["msg"])
+        (_field_path(err["loc"], prefix) or prefix or "(top level)", plain_message(err))
         for err in exc.errors(include_url=False)
     ]
     first_field, first_msg = problems[0]
@@ -229,7 +295,7 @@ def validation_error(
         (f"{what}: " if what else "") + message,
         file=file,
         field=first_field,
-        hint="fix the value in the file (see docs/profiles.md)",
+        hint="fix the value in the file; docs/profiles.md lists every field",
     )
     err.problems = problems  # type: ignore[attr-defined]
     return err
@@ -291,24 +357,7 @@ def resolve_key(
     if s.auth_key is not None:
         return s.auth_key
     if s.auth_keyfile is not None:
-        path = Path(s.auth_keyfile).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read key file {str(path)!r}: {exc.strerror or exc}",
-                file=file,
-                field=f"{where}.auth-keyfile",
-                hint="create the file, fix the path, or use auth-key-env",
-            ) from None
-        if not text:
-            raise ConfigError(
-                f"key file {str(path)!r} is empty",
-                file=file,
-                field=f"{where}.auth-keyfile",
-                hint="put the key in the file",
-            )
-        return SecretStr(text)
+        return SecretStr(_read_keyfile(s.auth_keyfile, file=file, field=f"{where}.auth-keyfile"))
     if s.auth_key_env is not None:
         value = env.get(s.auth_key_env, "").strip()
         if not value:
@@ -320,6 +369,41 @@ def resolve_key(
             )
         return SecretStr(value)
     return None
+
+
+KEYFILE_LIMIT = 64 * 1024
+
+
+def _read_keyfile(value: str, *, file: Path | None, field: str) -> str:
+    """The key in a key file: a regular file of at most 64 KiB (a FIFO would block)."""
+    # A value that does not look like a path may be a key pasted in the wrong field.
+    shown = repr(value) if is_path_like(value) else f"{redact(value)} (redacted: not a path)"
+
+    def error(problem: str, hint: str) -> ConfigError:
+        return ConfigError(f"key file {shown} {problem}", file=file, field=field, hint=hint)
+
+    path = Path(value).expanduser()
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise error(
+            f"cannot be read: {exc.strerror or exc}",
+            "create the file, fix the path, or use auth-key-env",
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise error(f"is {kind}", "point auth-keyfile at a file holding only the key")
+    if info.st_size > KEYFILE_LIMIT:
+        raise error(f"is larger than {KEYFILE_LIMIT // 1024} KiB", "a key file holds only the key")
+    try:
+        text = path.read_text(encoding="utf-8-sig").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(
+            f"cannot be read: {getattr(exc, 'strerror', None) or exc}", "fix its permissions"
+        ) from None
+    if not text:
+        raise error("is empty", "put the key in the file")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,18 +449,3 @@ class LoadBalancerConfig:
     def member_names(self) -> list[str]:
         """Member names in routing order."""
         return [m.name for m in self.members]
-
-
-_SECRET_KEY = re.compile(r"(^|[-_])(auth|api)[-_]?key$|apikey$|token$|secret|password", re.I)
-
-
-def redact_profile(data: Any) -> Any:
-    """A copy of a raw profile with every secret-looking string value redacted."""
-    if isinstance(data, dict):
-        return {
-            k: redact(v) if isinstance(v, str) and _SECRET_KEY.search(str(k)) else redact_profile(v)
-            for k, v in data.items()
-        }
-    if isinstance(data, list):
-        return [redact_profile(v) for v in data]
-    return data

@@ -1,8 +1,8 @@
-"""The readable stats table (``lbprovider stats`` without ``--json``, and the demo).
+"""The readable stats report (``lbprovider stats`` without ``--json``, and the demo).
 
-Close to llxprt-code's ``/stats lb``: one row per member with its counters, average
-latency, current TPM and breaker state (coloured), plus first-chunk latency
-percentiles and skips.
+Close to llxprt-code's ``/stats lb``: per member its counters, average latency, current
+TPM and breaker state (coloured), first-chunk latency percentiles and skips — as two
+narrow tables, so that nothing is cut at 80 columns.
 """
 
 from __future__ import annotations
@@ -26,71 +26,100 @@ def _ms(value: float | None) -> str:
 
 
 def _when(epoch_ms: int | None) -> str:
+    """A local time, with the date when it is not today."""
     if epoch_ms is None:
         return ""
-    return dt.datetime.fromtimestamp(epoch_ms / 1000).strftime("%H:%M:%S")
+    moment = dt.datetime.fromtimestamp(epoch_ms / 1000)
+    if moment.date() == dt.date.today():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def console_for_tables(*, stderr: bool = False) -> Console:
-    """A console that does not squeeze the table when output is not a terminal."""
+    """A console for the tables: the terminal's width, or 100 columns into a pipe."""
     console = Console(stderr=stderr)
     if not console.is_terminal:
-        console = Console(stderr=stderr, width=max(console.width, 150))
+        console = Console(stderr=stderr, width=100)
     return console
 
 
-def render_stats(stats: dict[str, Any], console: Console) -> None:
-    """Print one load balancer's stats as a table with a one-line header.
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
-    Columns: times served, attempts (req), successes, failures, first-chunk timeouts
-    (t/o), skips, tokens, average attempt latency, first-chunk latency, current TPM,
-    breaker state.
+
+def _breaker_text(b: dict[str, Any]) -> Text:
+    state = Text(b["state"], style=_STATE_STYLE.get(b["state"], ""))
+    if b.get("manual"):
+        state.append(" (benched)", style="bold")
+    if b["state"] == "open" and b.get("recoveryAt"):
+        state.append(f" until {_when(b['recoveryAt'])}")
+    elif b["state"] == "closed" and b.get("failures"):
+        state.append(f" ({_plural(b['failures'], 'recent failure')})")
+    return state
+
+
+def render_stats(stats: dict[str, Any], console: Console) -> None:
+    """Print one load balancer's stats: a header line, then two narrow tables — what
+    each member did, and how healthy it is — so that it reads at 80 columns.
+
+    Traffic: times served, attempts (requests), successes, failures, first-chunk timeouts,
+    streams interrupted after their first chunk, skips, tokens, current TPM.  Health:
+    average attempt latency, first-chunk latency p50/p95, breaker state.
     """
     last = stats.get("lastSelected")
     header = (
         f"[bold]{stats['profileName']}[/bold] ({stats['policy']}) — "
-        f"{stats['totalRequests']} requests"
+        f"{_plural(stats['totalRequests'], 'request')}"
     )
+    if stats.get("failbacks"):
+        header += f", {_plural(stats['failbacks'], 'fail-back')}"
     if last:
         header += f", last served by [bold]{last}[/bold] ({stats.get('lastSelectedModel')})"
-    table = Table(title=header, title_justify="left", header_style="bold")
+    console.print(header)
+    traffic = Table(header_style="bold", box=None, padding=(0, 1))
     for column in (
         "member",
         "served",
-        "requests",
+        "req",
         "ok",
         "failed",
-        "timeouts",
+        "t/o",
+        "cut",
         "skips",
         "tokens",
-        "avg latency",
-        "first chunk p50/p95",
         "TPM",
-        "breaker",
     ):
-        table.add_column(column, justify="left" if column in ("member", "breaker") else "right")
+        traffic.add_column(
+            column,
+            justify="left" if column == "member" else "right",
+            overflow="fold",
+            no_wrap=column != "member",
+        )
+    health = Table(header_style="bold", box=None, padding=(0, 1))
+    health.add_column("member", overflow="fold")
+    health.add_column("avg latency", justify="right", no_wrap=True)
+    health.add_column("first chunk p50 / p95", justify="right", no_wrap=True)
+    health.add_column("breaker", overflow="fold")
     for name in stats["members"]:
         m = stats["backendMetrics"][name]
-        b = stats["circuitBreakerStates"][name]
-        state = Text(b["state"], style=_STATE_STYLE.get(b["state"], ""))
-        if b.get("manual"):
-            state.append(" (manual)", style="bold")
-        if b["state"] != "closed" and b.get("recoveryAt"):
-            state.append(f" until {_when(b['recoveryAt'])}")
-        elif b.get("failures"):
-            state.append(f" ({b['failures']} recent failures)")
-        table.add_row(
+        traffic.add_row(
             name,
             str(stats["profileCounts"].get(name, 0)),
             str(m["requests"]),
             str(m["successes"]),
             str(m["failures"]),
             str(m["timeouts"]),
+            str(m.get("interruptions", 0)),
             str(m.get("skips", 0)),
             str(m["tokens"]),
+            f"{stats['currentTPM'].get(name, 0):.0f}",
+        )
+        health.add_row(
+            name,
             _ms(m["avgLatencyMs"]) if m["requests"] else "-",
             f"{_ms(m.get('firstChunkP50Ms'))} / {_ms(m.get('firstChunkP95Ms'))}",
-            f"{stats['currentTPM'].get(name, 0):.0f}",
-            state,
+            _breaker_text(stats["circuitBreakerStates"][name]),
         )
-    console.print(table)
+    console.print(traffic)
+    console.print(health)
+    console.print()

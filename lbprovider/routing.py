@@ -32,13 +32,14 @@ from lbprovider.errors import (
     StreamInterruptedError,
 )
 from lbprovider.events import EventHook
+from lbprovider.messages import check_messages
 from lbprovider.profiles import Continuation, LoadBalancerConfig, Member
 from lbprovider.recorder import Recorder
 from lbprovider.retry import RetryPolicy
 from lbprovider.selection import Admitted, Candidate, Plan, Selection
 from lbprovider.state import StateStore
 from lbprovider.timeouts import FirstChunkTimeout, IdleTimeout, aclose_quietly
-from lbprovider.transport import Chunk, TransportSet, Usage
+from lbprovider.transport import Chunk, TransportSet, Usage, member_secrets
 
 __all__ = ["Request", "RequestTrace", "Router"]
 
@@ -118,9 +119,7 @@ class Router:
         self.recorder = Recorder(
             config, store=store, clock=clock, breaker_policy=self.breaker_policy, hooks=hooks
         )
-        self._secrets = tuple(
-            m.api_key.get_secret_value() for m in config.members if m.api_key is not None
-        )
+        self._secrets = tuple(s for m in config.members for s in member_secrets(m))
 
     # -- one request ---------------------------------------------------------------------
 
@@ -137,6 +136,7 @@ class Router:
         ``streaming`` False: the caller shows nothing before the end, so each answer is
         read whole before its first chunk is yielded, and a stream that breaks fails over.
         """
+        check_messages(messages)  # a caller's error is refused before any member is asked
         req = Request(
             messages, params, trace, start=await self.selection.start(), streaming=streaming
         )

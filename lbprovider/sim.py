@@ -76,6 +76,16 @@ class Behavior:
     # rest is sent (what a member with `continuation: prefill` does).
     model: str | None = None  # model name reported back (default: the requested one)
 
+    def __str__(self) -> str:
+        """The behaviour as ``key=value`` text: only what differs from the defaults."""
+        default = Behavior()
+        changed = [
+            f.name if value is True else f"{f.name}={value}"
+            for f in dataclasses.fields(self)
+            if (value := getattr(self, f.name)) != getattr(default, f.name)
+        ]
+        return ",".join(changed) or "ok"
+
     @classmethod
     def parse(cls, spec: str | Behavior | None) -> Behavior:
         """Parse ``key=value,flag`` text (``ok`` or empty means the defaults)."""
@@ -138,11 +148,13 @@ class SimServer:
         self._rng = random.Random(self.behavior.seed)
         self._c = _Counters()
         self._changed = asyncio.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> SimServer:
         """Bind 127.0.0.1 and start serving."""
+        self._loop = asyncio.get_running_loop()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/chat/completions", self._handle)
@@ -231,6 +243,13 @@ class SimServer:
         """
         async with asyncio.timeout(10), self._changed:
             await self._changed.wait_for(lambda: predicate(self))
+
+    def wait_for_sync(
+        self, predicate: typing.Callable[[SimServer], bool], *, timeout: float = 10
+    ) -> None:
+        """:meth:`wait_for` from another thread (a server run by :func:`serve_in_thread`)."""
+        assert self._loop is not None, "the server is not running"
+        asyncio.run_coroutine_threadsafe(self.wait_for(predicate), self._loop).result(timeout)
 
     async def _bump(self, counter: str) -> None:
         setattr(self._c, counter, getattr(self._c, counter) + 1)
@@ -522,7 +541,7 @@ def run_forever(behavior: Behavior, *, port: int = 0, duration: float | None = N
 
     async def main() -> None:
         async with serve(behavior, port=port) as server:
-            print(f"sim backend on {server.url} ({behavior})", flush=True)
+            print(f"sim backend on {server.url} (behaviour: {behavior})", flush=True)
             stop = asyncio.Event()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=duration)

@@ -37,6 +37,7 @@ asyncio.run(main())
 @pytest.fixture
 def env(isolated: Path, tmp_path: Path) -> dict[str, str]:
     """The environment of every child process: the test's home and one state file."""
+    (tmp_path / "shared").mkdir(exist_ok=True)
     return {
         **os.environ,
         "LBPROVIDER_HOME": str(isolated),
@@ -169,7 +170,6 @@ def test_corrupt_state_file_warns_and_serves(
     write_members(write_profile, three)
     write_profile("fo", lb(["a", "b"]))
     state = tmp_path / "shared" / "state.db"
-    state.parent.mkdir()
     state.write_bytes(b"\x00garbage" * 512)
     proc = run_process(env, "chat", "-p", "fo", "hello")
     assert proc.returncode == 0
@@ -205,7 +205,6 @@ def test_read_only_state_dir_warns_and_serves(
     write_members(write_profile, three)
     write_profile("fo", lb(["a", "b"]))
     ro = tmp_path / "shared"
-    ro.mkdir()
     ro.chmod(0o555)
     try:
         proc = run_process(env, "chat", "-p", "fo", "hello", prefix=prefix)

@@ -19,7 +19,7 @@ from lbprovider.errors import (
 )
 from lbprovider.paths import home_dir, profile_search_dirs
 from lbprovider.profile_store import ProfileStore
-from lbprovider.profiles import Policy, redact, redact_profile
+from lbprovider.profiles import Policy, redact, redact_profile, resolve_key
 from lbprovider.settings import DEFAULT_FAILOVER_STATUS_CODES
 from tests.conftest import SIM_KEY, WriteProfile, lb, member
 
@@ -133,8 +133,9 @@ def test_failed_write_leaves_old_file(
         raise OSError("disk full")
 
     monkeypatch.setattr(ps_module.json, "dump", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ConfigError, match="disk full") as info:
         ProfileStore().push("pair", "c")
+    assert info.value.file == path
     assert path.read_text() == before
     assert sorted(p.name for p in profiles_dir.iterdir()) == [
         "a.json",
@@ -191,15 +192,24 @@ def test_key_resolution_order(
 
 
 def test_missing_keyfile_error(write_profile: WriteProfile) -> None:
-    """An unreadable key file names the member file and the field."""
+    """An unreadable key file names the member file and the field; the member is left
+    out with that reason (SPEC §2.2), and a failover left with one member is an error."""
     path = write_profile("m", member(key=None, **{"auth-keyfile": "/nonexistent/key"}))
     write_profile("m2", member())
+    write_profile("m3", member())
     write_profile("pair", lb(["m", "m2"]))
+    write_profile("trio", lb(["m", "m2", "m3"]))
+    parsed = ProfileStore().load("m")[1]
     with pytest.raises(ConfigError) as info:
-        ProfileStore().load_loadbalancer("pair")
+        resolve_key(parsed, file=path)  # type: ignore[arg-type]
     assert info.value.file == path
     assert info.value.field == "ephemeralSettings.auth-keyfile"
     assert "/nonexistent/key" in str(info.value)
+    config = ProfileStore().load_loadbalancer("trio")
+    assert config.member_names == ["m2", "m3"]
+    assert "'m' left out" in config.warnings[0] and "/nonexistent/key" in config.warnings[0]
+    with pytest.raises(ConfigError, match="needs at least 2 usable members, 1 left"):
+        ProfileStore().load_loadbalancer("pair")
 
 
 def test_unset_key_env_error(write_profile: WriteProfile, monkeypatch: pytest.MonkeyPatch) -> None:

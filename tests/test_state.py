@@ -69,7 +69,7 @@ def test_concurrent_updates_never_lose_a_count(store: Any) -> None:
 
 def test_sqlite_persists_and_is_0600(tmp_path: Path) -> None:
     """State survives a restart; the file is private."""
-    path = tmp_path / "deep" / "state.db"
+    path = tmp_path / "state.db"
     first = SQLiteStore(path)
     first.update("k", lambda raw: {"v": 1})
     first.close()
@@ -112,19 +112,22 @@ def test_unopenable_path_degrades(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert s.update("n", incr) == 1
 
 
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("sqlite:///tmp/x/state.db", Path("/tmp/x/state.db")),
-        ("sqlite:////tmp/x/state.db", Path("/tmp/x/state.db")),
-    ],
-)
-def test_sqlite_urls(url: str, expected: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """sqlite:///PATH names an absolute path."""
+@pytest.mark.parametrize("slashes", ["///", "////"])
+def test_sqlite_urls(slashes: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sqlite:///PATH names an absolute path ("sqlite:////PATH" reads the same)."""
     opened: list[Path] = []
     monkeypatch.setattr(SQLiteStore, "__init__", lambda self, path: opened.append(path))
-    open_store(url)
-    assert opened == [expected]
+    open_store(f"sqlite:{slashes}{str(tmp_path).lstrip('/')}/state.db")
+    assert opened == [tmp_path / "state.db"]
+
+
+def test_sqlite_missing_directory_is_an_error(tmp_path: Path) -> None:
+    """An explicit sqlite:/// path whose directory does not exist: an error, nothing made."""
+    missing = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        open_store(f"sqlite:///{missing}/state.db")
+    assert info.value.field == "LBPROVIDER_STATE"
+    assert not (tmp_path / "no").exists()
 
 
 def test_memory_url() -> None:

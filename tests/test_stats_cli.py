@@ -90,7 +90,7 @@ def test_stats_empty_and_unknown(write_profile: WriteProfile) -> None:
 
 
 def test_bench_and_unbench(served: tuple[SimServer, SimServer]) -> None:
-    """bench opens a member's breaker by hand (marked manual); requests skip it; unbench."""
+    """bench opens a member's breaker by hand (marked benched); requests skip it; unbench."""
     _bad, good = served
     code, out, _ = run("bench", "good", "--for", "5m")
     assert code == 0 and out.startswith("benched good until ")
@@ -100,7 +100,7 @@ def test_bench_and_unbench(served: tuple[SimServer, SimServer]) -> None:
     hits = good.hits
     assert run("chat", "-p", "other", "hi")[0] == 1  # good benched, bad failing
     assert good.hits == hits
-    assert run("stats")[1].count("(manual)") >= 1
+    assert run("stats")[1].count("(benched)") >= 1
     code, out, _ = run("unbench", "good")
     assert code == 0 and out.strip() == "unbenched good"
     assert run("chat", "-p", "other", "hi")[0] == 0

@@ -12,6 +12,8 @@ side, which closes the upstream stream.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -22,6 +24,7 @@ __all__ = ["aiterate", "background_loop", "iterate", "reset_background_loop", "r
 T = TypeVar("T")
 
 _END = object()
+_SHUTDOWN_S = 5.0
 
 
 class _Loop:
@@ -46,15 +49,20 @@ def background_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=run_forever, name="lbprovider-loop", daemon=True).start()
             ready.wait()
             _Loop.loop = loop
+            atexit.register(reset_background_loop)
         return _Loop.loop
 
 
 def reset_background_loop() -> None:
-    """Stop the background loop (tests)."""
+    """Stop the background loop, closing what lives on it (connection pools) first, as
+    ``asyncio.run`` does for its loop; at exit, so that no pool is left open."""
     with _Loop.lock:
         loop, _Loop.loop = _Loop.loop, None
-    if loop is not None:
-        loop.call_soon_threadsafe(loop.stop)
+    if loop is None or loop.is_closed():
+        return
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(_SHUTDOWN_S)
+    loop.call_soon_threadsafe(loop.stop)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

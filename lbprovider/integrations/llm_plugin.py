@@ -57,9 +57,9 @@ def _loadbalancer_files() -> dict[str, Path]:
 
 def _lb_name(path: Path, name: str) -> str | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError, RecursionError):
+        return None  # a broken file is reported by `llm lb profiles validate`, not here
     is_lb = isinstance(data, dict) and str(data.get("type", "")).lower() == "loadbalancer"
     return name if is_lb else None
 

@@ -116,8 +116,13 @@ def state_url(env: Mapping[str, str] | None = None) -> str:
     return env.get("LBPROVIDER_STATE") or f"sqlite:///{home_dir(env) / 'state.db'}"
 
 
-def open_store(url: str) -> StateStore:
-    """Open the store a URL names: ``sqlite:///PATH`` or ``memory://``."""
+def open_store(url: str, *, create_dir: bool = False) -> StateStore:
+    """Open the store a URL names: ``sqlite:///PATH`` or ``memory://``.
+
+    A SQLite file's directory must exist (SPEC §7: never created for an explicit URL,
+    where a typo would scatter directories); ``create_dir`` is for the default file in
+    lbprovider's own home.
+    """
     from pathlib import Path
 
     from lbprovider.errors import ConfigError
@@ -138,6 +143,21 @@ def open_store(url: str) -> StateStore:
         from lbprovider.state.sqlite import SQLiteStore
 
         path = Path(rest).expanduser() if rest.startswith("~") else Path("/" + rest)
+        if create_dir:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot create {path.parent}: {exc.strerror or exc}",
+                    field="LBPROVIDER_HOME",
+                    hint="point LBPROVIDER_HOME at a directory you can write",
+                ) from None
+        elif not path.parent.is_dir():
+            raise ConfigError(
+                f"the directory of {path} does not exist",
+                field="LBPROVIDER_STATE",
+                hint="create it, or fix the path; it is never created for you",
+            )
         return SQLiteStore(path)
     scheme = url.split(":", 1)[0]
     raise ConfigError(
@@ -158,7 +178,9 @@ def default_store() -> StateStore:
     """
     global _default
     if _default is None:
-        _default = open_store(state_url())
+        import os
+
+        _default = open_store(state_url(), create_dir=not os.environ.get("LBPROVIDER_STATE"))
     return _default
 
 

@@ -86,7 +86,6 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         """Open and prepare the file; other processes opening it at the same moment
         (switching to WAL, creating the table) only make us wait, never fail."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(_LOCK_RETRIES):
             conn = sqlite3.connect(
                 self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False

@@ -24,8 +24,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
 
 from lbprovider.profiles import Member, TransportKind
+from lbprovider.redaction import is_secret_name
 
 __all__ = [
     "RESERVED_KWARGS",
@@ -35,6 +37,7 @@ __all__ = [
     "TransportSet",
     "Usage",
     "call_params",
+    "host_port",
     "member_secrets",
     "parse_retry_after",
 ]
@@ -150,8 +153,24 @@ def call_params(member: Member, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def member_secrets(member: Member) -> tuple[str, ...]:
-    """The secret values a message about ``member`` must never show."""
-    return (member.api_key.get_secret_value(),) if member.api_key is not None else ()
+    """The secret values a message about ``member`` must never show: its key, secret
+    headers in its ``extra_headers``, credentials in its base URL (SPEC §2.1)."""
+    found: list[str] = []
+    if member.api_key is not None:
+        found.append(member.api_key.get_secret_value())
+    headers = member.model_params.get("extra_headers")
+    if isinstance(headers, Mapping):
+        found += [str(v) for k, v in headers.items() if is_secret_name(str(k)) and v]
+    if member.api_base:
+        try:
+            parts = urlsplit(member.api_base)
+        except ValueError:
+            parts = None
+        if parts is not None:
+            found += [p for p in (parts.username, parts.password) if p]
+            found += [v for k, v in parse_qsl(parts.query) if is_secret_name(k) and v]
+    # The longest first, so that a secret containing another is removed whole.
+    return tuple(sorted(set(found), key=len, reverse=True))
 
 
 def parse_retry_after(headers: Mapping[str, Any] | None, now: float | None = None) -> float | None:
@@ -177,6 +196,18 @@ def parse_retry_after(headers: Mapping[str, Any] | None, now: float | None = Non
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def host_port(url: str | None, default: str = "the backend") -> str:
+    """``host:port`` of a URL, for messages (never its user info, path or query)."""
+    if not url:
+        return default
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return default
+    return f"{parts.hostname}:{port}" if parts.hostname else default
 
 
 def _native() -> Transport:

@@ -27,6 +27,7 @@ from lbprovider.transport import (
     ToolCallDelta,
     Usage,
     call_params,
+    host_port,
     member_secrets,
     parse_retry_after,
 )
@@ -112,8 +113,12 @@ def to_transport_error(exc: BaseException, member: Member) -> TransportError:
     if code is None:
         raw_code = getattr(exc, "code", None)
         code = raw_code if isinstance(raw_code, str) and raw_code else None
+    message = scrub(str(exc) or type(exc).__name__, member_secrets(member))
+    where = host_port(member.api_base, "")
+    if network and where and where not in message:
+        message = f"{message} ({where})"  # litellm's "Connection error." names no host
     return TransportError(
-        scrub(str(exc) or type(exc).__name__, member_secrets(member)),
+        message,
         member=member.name,
         # litellm reports a refused connection as a synthetic 500: no response came.
         status=None if network and status == 500 else status,

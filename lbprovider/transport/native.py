@@ -31,7 +31,7 @@ import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -43,6 +43,7 @@ from lbprovider.transport import (
     ToolCallDelta,
     Usage,
     call_params,
+    host_port,
     member_secrets,
     parse_retry_after,
 )
@@ -119,8 +120,10 @@ async def close_pool() -> None:
 
 
 def endpoint(member: Member) -> str:
-    """``{base-url}/chat/completions`` (OpenAI's own API when no base URL is set)."""
-    return (member.api_base or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+    """``{base-url}/chat/completions`` (OpenAI's own API when no base URL is set); a
+    query in the base URL (``?api-version=...``) stays a query."""
+    parts = urlsplit(member.api_base or DEFAULT_BASE_URL)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
 
 
 def _bearer(member: Member) -> str | None:
@@ -331,7 +334,7 @@ async def _json_body(response: aiohttp.ClientResponse, member: Member, url: str)
         payload = None
     if not isinstance(payload, dict):
         raise TransportError(
-            f"{_where(url)} answered with a body that is not a chat completion",
+            f"{host_port(url)} answered with a body that is not a chat completion",
             member=member.name,
             status=response.status,
         )
@@ -367,23 +370,13 @@ def _stream_error(event: Mapping[str, Any], member: Member) -> TransportError:
     )
 
 
-def _where(url: str) -> str:
-    """``host:port`` of a URL, for messages (never its user info or query)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return "the backend"
-    return f"{parts.hostname}:{port}"
-
-
 def _network_error(
     exc: BaseException, member: Member, url: str, *, connecting: bool
 ) -> TransportError:
     if connecting:
-        what = f"cannot connect to {_where(url)}"
+        what = f"cannot connect to {host_port(url)}"
     else:
-        what = f"the connection to {_where(url)} broke"
+        what = f"the connection to {host_port(url)} broke"
     errno = exc.errno if isinstance(exc, OSError) else None
     detail = os.strerror(errno) if errno else (str(exc) or type(exc).__name__)
     return TransportError(
