@@ -1,8 +1,11 @@
-"""What the benchmark scripts share: the load balancer they measure."""
+"""What the benchmark scripts share: the load balancer they measure, simulated backends."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
 from pydantic import SecretStr
@@ -37,3 +40,17 @@ def bench_config(
         settings=LBSettings(**settings),
         model_params={},
     )
+
+
+def start_sim(stack: ExitStack, behavior: str) -> str:
+    """An ``lbprovider sim`` process on loopback (stopped when ``stack`` closes): a
+    backend in another process, as a real one is; returns its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lbprovider.cli", "sim", "--behavior", behavior, "--for", "900"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    stack.callback(proc.wait, 10)
+    stack.callback(proc.terminate)
+    assert proc.stdout is not None
+    return proc.stdout.readline().split()[3]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import cold_start
-from common import KEY, bench_config
+from common import KEY, bench_config, start_sim
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -78,15 +78,7 @@ def start_backends(stack: ExitStack, faulty: str | None, healthy: str = HEALTHY)
         if spec == "refused":
             urls.append(f"http://127.0.0.1:{closed_port()}/v1")
             continue
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lbprovider.cli", "sim", "--behavior", spec, "--for", "900"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        stack.callback(proc.wait, 10)
-        stack.callback(proc.terminate)
-        assert proc.stdout is not None
-        urls.append(proc.stdout.readline().split()[3])
+        urls.append(start_sim(stack, spec))
     return urls
 
 

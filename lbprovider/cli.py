@@ -292,35 +292,29 @@ def chat_command(
 @click.pass_context
 def stats_command(ctx: click.Context, name: str | None, as_json: bool, reset: bool) -> None:
     """Show what each member of NAME (default: every profile with recorded state) did."""
-    from lbprovider import stats as stats_mod
+    from lbprovider import ledger as ledger_mod
     from lbprovider.clock import SystemClock
-    from lbprovider.state import default_store, state_url
+    from lbprovider.state import default_store
 
     profiles = _store(ctx)
     state = default_store()
-    if getattr(state, "degraded", False):
-        # A request may go on without the state file; a report of it cannot.
-        raise ConfigError(
-            f"the state store {state_url()} cannot be read, so there is nothing to report",
-            field="LBPROVIDER_STATE",
-            hint="move the broken file aside (a new one is made), or point LBPROVIDER_STATE "
-            "elsewhere",
-        )
+    ledger = ledger_mod.Ledger(state)
     if name is not None:
         configs = [profiles.load_loadbalancer(name)]
     else:
         configs = []
-        for recorded in sorted(k.removeprefix("lb:") for k in state.scan("lb:")):
+        for recorded in ledger_mod.recorded_profiles(ledger):
             try:
                 configs.append(profiles.load_loadbalancer(recorded))
             except ConfigError as exc:
                 _warn([f"recorded state for {recorded!r} skipped: {exc}"])
     if reset:
         for config in configs:
-            stats_mod.reset_stats(state, config.name)
+            ledger_mod.reset_counters(ledger, config.name)
             click.echo(f"reset counters of {config.name}", err=True)
     now = SystemClock().now()
-    reports = [stats_mod.stats_for(c, state, now) for c in configs]
+    reports = [ledger_mod.report(c, ledger, now) for c in configs]
+    _check_readable(state)
     if as_json:
         click.echo(json.dumps(reports[0] if name is not None else reports, indent=2))
         return
@@ -332,6 +326,37 @@ def stats_command(ctx: click.Context, name: str | None, as_json: bool, reset: bo
     console = console_for_tables()
     for report in reports:
         render_stats(report, console)
+
+
+def _check_written(state: Any) -> None:
+    """bench/unbench must reach the shared store, or no other process sees them."""
+    from lbprovider.state import state_url
+
+    if getattr(state, "degraded", False):
+        raise ConfigError(
+            f"the state store {_shown(state_url())} cannot be written: nothing was changed",
+            field="LBPROVIDER_STATE",
+            hint="start the Redis server or fix the state file, then run this again",
+        )
+
+
+def _check_readable(state: Any) -> None:
+    """A request may go on without its state store; a report of the store cannot."""
+    from lbprovider.state import state_url
+
+    if getattr(state, "degraded", False):
+        raise ConfigError(
+            f"the state store {_shown(state_url())} cannot be read, so there is nothing to report",
+            field="LBPROVIDER_STATE",
+            hint="move a broken file aside (a new one is made), start the Redis server, or "
+            "point LBPROVIDER_STATE elsewhere",
+        )
+
+
+def _shown(url: str) -> str:
+    from lbprovider.redaction import redact_url
+
+    return redact_url(url)
 
 
 def _read_stdin() -> str:
@@ -420,13 +445,15 @@ def bench_command(ctx: click.Context, member: str, duration: str) -> None:
     """Take MEMBER out of rotation (every load balancer) for DURATION."""
     import datetime as dt
 
-    from lbprovider.breaker import bench_member
+    from lbprovider import ledger
     from lbprovider.state import default_store
 
     seconds = parse_duration(duration)
     _member_profile(ctx, member)
     now = dt.datetime.now().astimezone()
-    bench_member(default_store(), member, seconds, now.timestamp())
+    store = default_store()
+    ledger.bench(ledger.Ledger(store), member, seconds, now.timestamp())
+    _check_written(store)
     until = (now + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S %Z")
     click.echo(f"benched {member} until {until}")
 
@@ -436,11 +463,13 @@ def bench_command(ctx: click.Context, member: str, duration: str) -> None:
 @click.pass_context
 def unbench_command(ctx: click.Context, member: str) -> None:
     """Put MEMBER back into rotation (closes its breaker)."""
-    from lbprovider.breaker import unbench_member
+    from lbprovider import ledger
     from lbprovider.state import default_store
 
     _member_profile(ctx, member)
-    unbench_member(default_store(), member)
+    store = default_store()
+    ledger.unbench(ledger.Ledger(store), member)
+    _check_written(store)
     click.echo(f"unbenched {member}")
 
 

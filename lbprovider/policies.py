@@ -67,6 +67,16 @@ class LBRecord:
             "counts": dict(self.counts),
         }
 
+    def without_counters(self) -> LBRecord:
+        """The routing state only (indices, tickets, the fail-back timer): ``stats --reset``."""
+        return LBRecord(
+            rr=self.rr,
+            ticket=self.ticket,
+            sticky=self.sticky,
+            sticky_ticket=self.sticky_ticket,
+            away_since=self.away_since,
+        )
+
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> LBRecord:
         """Inverse of :meth:`to_dict`."""

@@ -8,8 +8,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbprovider import breaker as brk
-from lbprovider import stats as stats_mod
+from lbprovider import ledger
 from lbprovider.clock import Clock, Sleep, SystemClock, real_sleep
 from lbprovider.errors import ConfigError
 from lbprovider.events import EventHook, log_event
@@ -168,19 +167,19 @@ class LoadBalancingProvider:
 
     def stats(self) -> dict[str, Any]:
         """The stats report of SPEC §6 (the ``stats --json`` shape)."""
-        return stats_mod.stats_for(self.config, self.store, self.clock.now())
+        return ledger.report(self.config, self._router.ledger, self.clock.now())
 
     def reset_stats(self) -> None:
         """Clear counters (breakers and TPM windows stay)."""
-        stats_mod.reset_stats(self.store, self.config.name)
+        ledger.reset_counters(self._router.ledger, self.config.name)
 
     def bench(self, member: str, duration_s: float) -> None:
         """Take ``member`` out of rotation by hand for ``duration_s`` seconds."""
-        brk.bench_member(self.store, self._member_name(member), duration_s, self.clock.now())
+        ledger.bench(self._router.ledger, self._member_name(member), duration_s, self.clock.now())
 
     def unbench(self, member: str) -> None:
         """Put ``member`` back (closes its breaker)."""
-        brk.unbench_member(self.store, self._member_name(member))
+        ledger.unbench(self._router.ledger, self._member_name(member))
 
     def _member_name(self, member: str) -> str:
         if member not in self.config.member_names:

@@ -22,8 +22,9 @@ from lbprovider import policies, stats, window
 from lbprovider.clock import Clock
 from lbprovider.errors import BackendError
 from lbprovider.events import Event, EventHook, EventKind
+from lbprovider.ledger import Key, Ledger, breaker_key, lb_key, metrics_key, tpm_key
 from lbprovider.profiles import LoadBalancerConfig, Member, Policy
-from lbprovider.state import StateStore, Updater, breaker_key, lb_key, metrics_key, tpm_key
+from lbprovider.selection import state_changes
 
 __all__ = ["Recorder"]
 
@@ -37,13 +38,13 @@ class Recorder:
         self,
         config: LoadBalancerConfig,
         *,
-        store: StateStore,
+        ledger: Ledger,
         clock: Clock,
         breaker_policy: brk.BreakerPolicy,
         hooks: Sequence[EventHook] = (),
     ) -> None:
         self.config = config
-        self.store = store
+        self.ledger = ledger
         self.clock = clock
         self.breaker_policy = breaker_policy
         self.hooks = list(hooks)
@@ -147,7 +148,7 @@ class Recorder:
         if self._failover and not failback:  # a failed fail-back leaves the index alone
             following = (index + 1) % len(self.config.members)
             lb_step = lambda r: policies.move_sticky(r, following, ticket, now)  # noqa: E731
-        await self._apply(member, breaker_step=breaker_step, lb_step=lb_step)
+        await self._apply(member, breaker_step=breaker_step, lb_step=lb_step, wait=True)
         if failback:
             self.emit(EventKind.FAILBACK, member.name, "failure", status=err.status)
         self.emit(
@@ -164,6 +165,7 @@ class Recorder:
         index: int,
         *,
         ticket: int,
+        start_index: int,
         probe: bool,
         failback: bool,
         latency_ms: float,
@@ -197,6 +199,8 @@ class Recorder:
             breaker_step=(lambda r: brk.on_success(r, now, policy, probe=True)) if probe else None,
             tokens=tokens,
             lb_step=lb_step,
+            # Moving the sticky index must be in place before the next request starts.
+            wait=failback or (failover and index != start_index),
         )
         if failback:
             self.emit(EventKind.FAILBACK, member.name, "success")
@@ -237,6 +241,7 @@ class Recorder:
             ),
             breaker_step=lambda r: brk.on_failure(r, now, policy, err.retry_after, probe=probe),
             lb_step=lb_step if failover else None,
+            wait=failover,
         )
         self.emit(
             EventKind.ATTEMPT,
@@ -256,9 +261,7 @@ class Recorder:
             r = policies.served(r, None, None)
             return policies.move_sticky(r, 0, ticket, now) if back_to_first else r
 
-        await self.store.aupdate_many(
-            {lb_key(self.config.name): lambda raw: step(policies.LBRecord.from_dict(raw)).to_dict()}
-        )
+        await self.ledger.aapply({lb_key(self.config.name): step})
         self.emit(EventKind.REQUEST, None, "failure")
 
     # -- the one write -------------------------------------------------------------------------
@@ -271,28 +274,28 @@ class Recorder:
         breaker_step: Callable[[brk.BreakerRecord], brk.BreakerRecord] | None = None,
         tokens: int | None = None,
         lb_step: Callable[[policies.LBRecord], policies.LBRecord] | None = None,
+        wait: bool = False,
     ) -> None:
-        """Apply the effects of one outcome in one atomic store update."""
-        updates: dict[str, Updater] = {}
+        """Apply the effects of one outcome in one atomic store update.
+
+        Posted (write-behind) unless it changes a breaker or ``wait``: what the next
+        request decides on is in place before this returns; counters, metrics and TPM
+        tokens follow within milliseconds, and commute with anything awaited."""
+        steps: dict[Key[Any], Callable[[Any], Any]] = {}
         if metrics_step is not None:
-            step_m = metrics_step
-            updates[metrics_key(self.config.name, member.name)] = lambda raw: step_m(
-                stats.MemberMetrics.from_dict(raw)
-            ).to_dict()
-        breaker_update = None
+            steps[metrics_key(self.config.name, member.name)] = metrics_step
+        breaker = None
         if breaker_step is not None and self.breaker_policy.enabled:
-            breaker_update = brk.BreakerUpdate(breaker_step)
-            updates[breaker_key(member.name)] = breaker_update
+            breaker = breaker_key(member.name)
+            steps[breaker] = breaker_step
         if tokens is not None:
             now, n = self.clock.now(), tokens
-            updates[tpm_key(member.name)] = lambda raw: window.add_tokens(raw, now, n)
+            steps[tpm_key(member.name)] = lambda b: window.add_tokens(b, now, n)
         if lb_step is not None:
-            step_lb = lb_step
-            updates[lb_key(self.config.name)] = lambda raw: step_lb(
-                policies.LBRecord.from_dict(raw)
-            ).to_dict()
-        if breaker_update is not None:
-            await self.store.aupdate_many(updates)
-            self.emit_changes(member.name, breaker_update.changes)
-        elif updates:
-            self.store.post_many(updates)
+            steps[lb_key(self.config.name)] = lb_step
+        if breaker is not None or wait:
+            changes = await self.ledger.aapply(steps)
+            if breaker is not None:
+                self.emit_changes(member.name, state_changes(changes[breaker]))
+        elif steps:
+            self.ledger.post(steps)

@@ -32,11 +32,12 @@ from lbprovider.errors import (
     StreamInterruptedError,
 )
 from lbprovider.events import EventHook
+from lbprovider.ledger import Ledger
 from lbprovider.messages import check_messages
 from lbprovider.profiles import Continuation, LoadBalancerConfig, Member
 from lbprovider.recorder import Recorder
 from lbprovider.retry import RetryPolicy
-from lbprovider.selection import Admitted, Candidate, Plan, Selection
+from lbprovider.selection import Admitted, Candidate, Known, Plan, Selection, keep_probe
 from lbprovider.state import StateStore
 from lbprovider.timeouts import FirstChunkTimeout, IdleTimeout, aclose_quietly
 from lbprovider.transport import Chunk, TransportSet, Usage, member_secrets
@@ -76,6 +77,8 @@ class Request:
     # answer, so an interrupted stream can still fail over (SPEC §3.4).
     streaming: bool = True
     plan: Plan | None = None
+    # Admission records read with the start; good until the first attempt takes time.
+    known: Known | None = None
 
 
 @dataclass
@@ -107,17 +110,21 @@ class Router:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
-        self.store = store
+        self.ledger = Ledger(store)
         self.transports = transports
         self.clock = clock
         self.sleep = sleep
         self.breaker_policy = brk.BreakerPolicy.from_settings(config.settings)
         self.retry = RetryPolicy.from_settings(config.settings, rng)
         self.selection = Selection(
-            config, store=store, clock=clock, breaker_policy=self.breaker_policy, retry=self.retry
+            config,
+            ledger=self.ledger,
+            clock=clock,
+            breaker_policy=self.breaker_policy,
+            retry=self.retry,
         )
         self.recorder = Recorder(
-            config, store=store, clock=clock, breaker_policy=self.breaker_policy, hooks=hooks
+            config, ledger=self.ledger, clock=clock, breaker_policy=self.breaker_policy, hooks=hooks
         )
         self._secrets = tuple(s for m in config.members for s in member_secrets(m))
 
@@ -137,9 +144,8 @@ class Router:
         read whole before its first chunk is yielded, and a stream that breaks fails over.
         """
         check_messages(messages)  # a caller's error is refused before any member is asked
-        req = Request(
-            messages, params, trace, start=await self.selection.start(), streaming=streaming
-        )
+        start, known = await self.selection.start()
+        req = Request(messages, params, trace, start=start, known=known, streaming=streaming)
         try:
             opened = await self._first_chunk(req)
         except BaseException:
@@ -161,6 +167,7 @@ class Router:
             if delay > 0:
                 await self.sleep(delay)
             req.pending.pop(cand.index, None)
+            req.known = None
             try:
                 opened = await self._attempt(req, cand, member)
             except BackendError as err:
@@ -182,7 +189,9 @@ class Router:
 
     async def _admit(self, req: Request, cand: Candidate, member: Member, plan: Plan) -> bool:
         """Ask the member's breaker (and the TPM rule) once per request; False: skipped."""
-        admitted = await self.selection.admit(member, tpm=not (cand.deferred or cand.failback))
+        admitted = await self.selection.admit(
+            member, tpm=not (cand.deferred or cand.failback), known=req.known
+        )
         self.recorder.emit_changes(member.name, admitted.changes)
         if admitted.skipped:
             await self._skip(req, member, admitted)
@@ -193,7 +202,7 @@ class Router:
             return False
         if admitted.probe_id is not None:
             req.probes[cand.index] = asyncio.create_task(
-                brk.keep_probe(self.store, member.name, admitted.probe_id, self.clock)
+                keep_probe(self.ledger, member.name, admitted.probe_id, self.clock)
             )
         return True
 
@@ -431,6 +440,7 @@ class Router:
             member,
             cand.index,
             ticket=req.start.ticket,
+            start_index=req.start.index,
             probe=probe,
             failback=cand.failback,
             latency_ms=latency,

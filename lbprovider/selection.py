@@ -26,8 +26,10 @@ retries are the same request's business.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,11 +37,13 @@ from lbprovider import breaker as brk
 from lbprovider import policies, window
 from lbprovider.clock import Clock
 from lbprovider.errors import BackendError
+from lbprovider.ledger import Change, Key, Ledger, breaker_key, lb_key, tpm_key
 from lbprovider.profiles import LoadBalancerConfig, Member, Policy
 from lbprovider.retry import RetryPolicy
-from lbprovider.state import StateStore, breaker_key, lb_key, tpm_key
 
-__all__ = ["Admitted", "Candidate", "Plan", "Selection"]
+__all__ = ["Admitted", "Candidate", "Known", "Plan", "Selection", "keep_probe", "state_changes"]
+
+Known = dict[Key[Any], Any]  # records read at a request's start, by key
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,60 +168,66 @@ class Selection:
         self,
         config: LoadBalancerConfig,
         *,
-        store: StateStore,
+        ledger: Ledger,
         clock: Clock,
         breaker_policy: brk.BreakerPolicy,
         retry: RetryPolicy,
     ) -> None:
         self.config = config
-        self.store = store
+        self.ledger = ledger
         self.clock = clock
         self.breaker_policy = breaker_policy
         self.retry = retry
 
-    async def start(self) -> policies.Start:
-        """This request's ticket and start index, fail-back claim included (atomic)."""
+    async def start(self) -> tuple[policies.Start, Known]:
+        """This request's ticket and start index, fail-back claim included (atomic), and
+        what its first admission needs to know, read in the same trip to the store."""
         cfg, now = self.config, self.clock.now()
         failback_s = cfg.settings.failback_after_ms / 1000
-        holder: list[policies.Start] = []
 
-        def begin(raw: Any) -> Any:
-            start, rec = policies.begin(
-                policies.LBRecord.from_dict(raw), cfg.policy, len(cfg.members), now, failback_s
-            )
-            holder.append(start)
-            return rec.to_dict()
+        def begin(rec: policies.LBRecord) -> tuple[policies.LBRecord, policies.Start]:
+            start, new = policies.begin(rec, cfg.policy, len(cfg.members), now, failback_s)
+            return new, start
 
-        await self.store.aupdate_many({lb_key(cfg.name): begin})
-        return holder[-1]
+        return await self.ledger.decide(lb_key(cfg.name), begin, read=self._admission_keys())
+
+    def _admission_keys(self, member: Member | None = None, *, tpm: bool = True) -> list[Key[Any]]:
+        """The records an admission reads: of ``member``, or of every member."""
+        names = [member.name] if member else self.config.member_names
+        keys: list[Key[Any]] = [breaker_key(n) for n in names]
+        if tpm and self.config.settings.tpm_threshold:
+            keys += [tpm_key(n) for n in names]
+        return keys
 
     async def unclaim_failback(self, start: policies.Start) -> None:
         """Member 0's breaker refused the fail-back: the interval is not used up."""
-        await self.store.aupdate_many(
-            {
-                lb_key(self.config.name): lambda raw: policies.unclaim_failback(
-                    policies.LBRecord.from_dict(raw), start
-                ).to_dict()
-            }
+        await self.ledger.aapply(
+            {lb_key(self.config.name): lambda rec: policies.unclaim_failback(rec, start)}
         )
 
     def plan(self, start: policies.Start) -> Plan:
         """The order of this request's attempts."""
         return Plan(self.config.policy, len(self.config.members), start, self.retry)
 
-    async def admit(self, member: Member, *, tpm: bool = True) -> Admitted:
+    async def admit(
+        self, member: Member, *, tpm: bool = True, known: Known | None = None
+    ) -> Admitted:
         """May ``member`` be tried? Its breaker (taking the half-open probe is part of the
-        same atomic update) and, when ``tpm``, the TPM rule (never for a probe)."""
+        same atomic update) and, when ``tpm``, the TPM rule (never for a probe).
+        ``known``: records read moments ago (at the request's start), used if complete."""
         threshold = self.config.settings.tpm_threshold if tpm else None
-        keys = [breaker_key(member.name)] + ([tpm_key(member.name)] if threshold else [])
-        raw = await self.store.aget_many(keys)
-        current = brk.BreakerRecord.from_dict(raw.get(keys[0]))
+        keys = self._admission_keys(member, tpm=tpm)
+        if known is not None and all(k in known for k in keys):
+            records = known
+        else:
+            records = await self.ledger.aread(keys)
+        current: brk.BreakerRecord = records[keys[0]]
         if current.state is brk.BreakerState.CLOSED:
             admitted = Admitted(brk.Admission.ALLOW, current)  # the common case: a read only
         else:
             admitted = await self._admit_not_closed(member)
         if admitted.admission is brk.Admission.ALLOW and threshold:
-            tpm_now = window.current_tpm(raw.get(keys[1]), self.clock.now())
+            tpm_now = window.current_tpm(records[keys[1]], self.clock.now())
             admitted.tpm_skip = window.should_skip(tpm_now, threshold)
         return admitted
 
@@ -230,13 +240,33 @@ class Selection:
             decided[:] = [admission]
             return new
 
-        update = brk.BreakerUpdate(step)
-        await self.store.aupdate_many({breaker_key(member.name): update})
+        change = (await self.ledger.aapply({breaker_key(member.name): step}))[
+            breaker_key(member.name)
+        ]
         admission = decided[-1]
-        record = update.before if admission is brk.Admission.SKIP else update.after
         return Admitted(
             admission,
-            record,
+            change.before if admission is brk.Admission.SKIP else change.after,
             probe_id=probe_id if admission is brk.Admission.PROBE else None,
-            changes=update.changes,
+            changes=state_changes(change),
         )
+
+
+def state_changes(change: Change[brk.BreakerRecord]) -> list[str]:
+    """The state a breaker moved to, if it moved (for a BREAKER event)."""
+    return [change.after.state.value] if change.after.state is not change.before.state else []
+
+
+async def keep_probe(ledger: Ledger, member: str, probe_id: str, clock: Clock) -> None:
+    """Renew probe ``probe_id``'s lease on ``member`` every
+    :data:`~lbprovider.breaker.PROBE_RENEW_S`, until cancelled (when the probe ends).
+    Real time on purpose: the lease must outlive a slow probe in this process, whatever
+    clock the engine is given."""
+    key = breaker_key(member)
+
+    def renew(now: float) -> Callable[[brk.BreakerRecord], brk.BreakerRecord]:
+        return lambda rec: brk.renew_probe(rec, probe_id, now)
+
+    while True:
+        await asyncio.sleep(brk.PROBE_RENEW_S)
+        await ledger.aapply({key: renew(clock.now())})

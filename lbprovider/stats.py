@@ -18,9 +18,7 @@ from typing import Any
 
 from lbprovider.breaker import BreakerRecord
 from lbprovider.policies import LBRecord
-from lbprovider.profiles import LoadBalancerConfig
-from lbprovider.state import StateStore, breaker_key, lb_key, metrics_key, tpm_key
-from lbprovider.window import current_tpm
+from lbprovider.window import Buckets, current_tpm
 
 __all__ = [
     "MemberMetrics",
@@ -28,8 +26,6 @@ __all__ = [
     "build_stats",
     "record_attempt",
     "record_skip",
-    "reset_stats",
-    "stats_for",
 ]
 
 _SAMPLES = 200  # first-chunk latencies kept per member, for percentiles
@@ -175,7 +171,7 @@ def build_stats(
     lb: LBRecord,
     metrics: Mapping[str, MemberMetrics],
     breakers: Mapping[str, BreakerRecord],
-    tpm: Mapping[str, Mapping[str, Any] | None],
+    tpm: Mapping[str, Buckets],
     now: float,
     window_s: float,
 ) -> dict[str, Any]:
@@ -224,41 +220,3 @@ def build_stats(
         "circuitBreakerStates": states,
         "currentTPM": {n: round(current_tpm(tpm.get(n), now), 3) for n in members},
     }
-
-
-def stats_for(config: LoadBalancerConfig, store: StateStore, now: float) -> dict[str, Any]:
-    """Build the stats report of one load balancer from the store (no litellm)."""
-    names = config.member_names
-    keys = [lb_key(config.name)]
-    keys += [metrics_key(config.name, n) for n in names]
-    keys += [breaker_key(n) for n in names] + [tpm_key(n) for n in names]
-    raw = store.get_many(keys)
-    return build_stats(
-        profile=config.name,
-        policy=config.policy.value,
-        members=names,
-        models={m.name: m.litellm_model for m in config.members},
-        lb=LBRecord.from_dict(raw.get(lb_key(config.name))),
-        metrics={n: MemberMetrics.from_dict(raw.get(metrics_key(config.name, n))) for n in names},
-        breakers={n: BreakerRecord.from_dict(raw.get(breaker_key(n))) for n in names},
-        tpm={n: raw.get(tpm_key(n)) for n in names},
-        now=now,
-        window_s=config.settings.circuit_breaker_failure_window_ms / 1000,
-    )
-
-
-def reset_stats(store: StateStore, profile: str) -> None:
-    """Clear one load balancer's counters; breakers, TPM and routing indices stay."""
-
-    def clear(raw: Any) -> Any:
-        rec = LBRecord.from_dict(raw)
-        return LBRecord(
-            rr=rec.rr,
-            ticket=rec.ticket,
-            sticky=rec.sticky,
-            sticky_ticket=rec.sticky_ticket,
-            away_since=rec.away_since,
-        ).to_dict()
-
-    metrics = store.scan(f"metrics:{profile}:")
-    store.update_many({lb_key(profile): clear, **{k: (lambda raw: None) for k in metrics}})

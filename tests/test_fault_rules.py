@@ -19,7 +19,7 @@ import pytest
 from lbprovider.errors import NoBackendAvailableError, RequestRejectedError
 from lbprovider.events import Event, EventKind
 from lbprovider.testing import FakeClock, ScriptedTransport, answer, fail, stall
-from tests.conftest import HI, WriteProfile, lb, make_lb, member
+from tests.conftest import HI, WriteProfile, lb, make_lb, member, run_scripts
 
 FAULTS = {
     "refused": fail(network=True, message="cannot connect to 127.0.0.1:9: Connection refused"),
@@ -369,9 +369,9 @@ def test_failback_probes_once_across_processes(
     write_profile: WriteProfile, isolated: Path, tmp_path: Path
 ) -> None:
     """Four processes starting together after the interval: exactly one tries member 0."""
+    from lbprovider.ledger import Ledger, lb_key
     from lbprovider.policies import LBRecord
     from lbprovider.sim import serve_in_thread
-    from lbprovider.state import lb_key
     from lbprovider.state.sqlite import SQLiteStore
 
     state = tmp_path / "state.db"
@@ -384,20 +384,9 @@ def test_failback_probes_once_across_processes(
         write_profile("fo", lb(["a", "b"], failover_retry_count=1, failback_after_ms=3_600_000))
         store = SQLiteStore(state)
         away = LBRecord(sticky=1, away_since=time.time() - 7200)
-        store.update(lb_key("fo"), lambda raw: away.to_dict())
+        Ledger(store).apply({lb_key("fo"): lambda _: away})
         store.close()
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", DRIVER, "fo"],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(4)
-        ]
-        outputs = [p.communicate(timeout=120) for p in procs]
-        assert [p.returncode for p in procs] == [0] * 4, [e for _, e in outputs]
+        outputs = run_scripts(env, DRIVER, "fo", count=4)
         assert [o.strip() for o, _ in outputs] == ["b"] * 4
         assert a.hits == 1
     proc = subprocess.run(

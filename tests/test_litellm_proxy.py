@@ -4,6 +4,7 @@ member that served and answers a real status when nothing can serve."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from lbprovider.sim import SimServer, serve_in_thread
-from tests.conftest import WriteProfile, lb, member
+from tests.conftest import OPEN_AT_FIRST_FAILURE, WriteProfile, lb, member
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("both_transports")]
 openai = pytest.importorskip("openai")
@@ -60,6 +61,60 @@ def backends(write_profile: WriteProfile) -> Iterator[dict[str, SimServer]]:
         yield servers
 
 
+@contextlib.contextmanager
+def proxy_process(config: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    """A LiteLLM proxy on 127.0.0.1 with ``config``; yields its base URL."""
+    port = free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "litellm.proxy.proxy_cli",
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                try:
+                    with urllib.request.urlopen(f"{base}/health/liveliness", timeout=2):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError("proxy did not start in 120 s") from None
+                    time.sleep(0.5)  # polling a starting server, not a timing assertion
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def proxy_env(home: Path, key: str, state: str = "memory://") -> dict[str, str]:
+    """The proxy's environment: lbprovider's home and state, the master key, offline."""
+    return {
+        **os.environ,
+        "LBPROVIDER_HOME": str(home),
+        "LITELLM_MASTER_KEY": key,
+        "LBPROVIDER_STATE": state,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+    }
+
+
 @pytest.fixture
 def proxy(
     backends: dict[str, SimServer], isolated: Path, tmp_path: Path
@@ -72,52 +127,9 @@ def proxy(
     ]
     config_path = tmp_path / "proxy.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    port, key = free_port(), "sk-" + secrets.token_hex(24)
-    env = {
-        **os.environ,
-        "LBPROVIDER_HOME": str(isolated),
-        "LITELLM_MASTER_KEY": key,
-        "LBPROVIDER_STATE": "memory://",
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "LITELLM_TELEMETRY": "False",
-    }
-    log = (tmp_path / "proxy.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "litellm.proxy.proxy_cli",
-            "--config",
-            str(config_path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "proxy.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/health/liveliness", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("proxy did not start in 120 s") from None
-                time.sleep(0.5)  # polling a starting server, not a timing assertion
+    key = "sk-" + secrets.token_hex(24)
+    with proxy_process(config_path, proxy_env(isolated, key), tmp_path / "proxy.log") as base:
         yield base, key
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def body_for(endpoint: str, model: str, stream: bool) -> dict[str, Any]:
@@ -205,3 +217,35 @@ def test_every_endpoint_answers_a_real_status(proxy: tuple[str, str]) -> None:
                 # LiteLLM's Anthropic route drops an error's own headers (docs/hosts.md).
                 if status == 503 and endpoint != "/v1/messages":
                     assert reply.headers["retry-after"] == "7", (endpoint, streamed)
+
+
+def test_two_replicas_share_breakers_through_redis(
+    write_profile: WriteProfile, isolated: Path, tmp_path: Path, valkey: Any
+) -> None:
+    """Two proxy replicas on one Redis: a breaker opened through one is honoured by the
+    other on its next request (docs/deploy.md)."""
+    with serve_in_thread("status=503") as bad, serve_in_thread("text=via replica") as good:
+        write_profile("bad", member(base_url=bad.url))
+        write_profile("good", member(base_url=good.url))
+        write_profile("coding", lb(["bad", "good"], **OPEN_AT_FIRST_FAILURE))
+        write_profile("coding2", lb(["bad", "good"], circuit_breaker_enabled=True))
+        config = yaml.safe_load(CONFIG.read_text())
+        config["model_list"].append(
+            {"model_name": "coding2", "litellm_params": {"model": "lb/coding2"}}
+        )
+        config_path = tmp_path / "proxy.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        key = "sk-" + secrets.token_hex(24)
+        env = proxy_env(isolated, key, state=valkey.url)
+        with (
+            proxy_process(config_path, env, tmp_path / "one.log") as one,
+            proxy_process(config_path, env, tmp_path / "two.log") as two,
+        ):
+            first = call(one, key, "/v1/chat/completions", "coding", False)
+            assert first.status_code == 200 and bad.hits == 1
+            # Another replica, another load balancer over the same member: skipped.
+            second = call(two, key, "/v1/chat/completions", "coding2", False)
+            assert second.status_code == 200, second.text[:300]
+            assert second.json()["model"] == "openai/sim-model"
+            assert bad.hits == 1
+            assert "via replica" in second.text

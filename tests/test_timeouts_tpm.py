@@ -133,7 +133,8 @@ def test_tpm_five_minute_window() -> None:
     buckets = window.add_tokens(buckets, NOW - 240, 100)  # four minutes ago: in
     assert window.current_tpm(buckets, NOW) == 100 / 5
     buckets = window.add_tokens(buckets, NOW, 0)
-    assert str(window.minute_of(NOW - 300)) not in buckets
+    assert window.minute_of(NOW - 300) not in buckets.minutes
+    assert str(window.minute_of(NOW - 300)) not in buckets.to_dict()
     assert window.current_tpm(buckets, NOW + 60) == 0  # the 4-minutes-ago one aged out too
 
 

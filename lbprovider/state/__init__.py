@@ -1,21 +1,22 @@
-"""The state store: breakers, round-robin and sticky indices, TPM buckets and metrics.
+"""The state store: the raw, shared storage under the ledger (SPEC §7).
 
-Everything the engine remembers between requests lives here, behind one small
-interface, so that several processes (every ``llm`` invocation is one) can share
-it.  The interface is a key-value store of JSON-able values whose only write is an
-atomic read-modify-write: ``update(key, fn)`` applies a pure function to the
-current value and stores the result, with no other writer in between.  The domain
-modules (breaker, policies, window, stats) supply the pure functions; a store only
-has to make them atomic.
+Everything the engine remembers between requests lives in one store, so that several
+processes (every ``llm`` invocation is one) and several machines can share it.  A store
+holds JSON values under string keys and has one write: an atomic read-modify-write,
+``update_many({key: fn})``, applying pure functions to the current values with no other
+writer in between.  Typed keys, records and their codecs are the ledger's
+(:mod:`lbprovider.ledger`); a store only makes the updates atomic: a lock in memory, a
+transaction in SQLite, an optimistic transaction in Redis.
 
-Keys: ``lb:<profile>`` (counters and indices), ``breaker:<member>``,
-``tpm:<member>``, ``metrics:<profile>:<member>``.
+The engine uses the async forms on its hot path: ``aget_many``/``aupdate_many`` when it
+needs the result, ``post_many`` when it does not (metrics at the end of a request:
+write-behind).  A store applies the operations on one key in the order they were
+issued, so a read sees the writes posted before it.  ``ttl_s`` tells a store that can
+expire keys how long a key may live.  The synchronous forms serve ``stats``, ``bench``
+and tests.
 
-The engine uses the async forms on its hot path: ``aget_many``/``aupdate_many``
-when it needs the result, ``post_many`` when it does not (metrics at the end of a
-request: write-behind).  A store must apply every operation in the order it was
-issued, so a read always sees the writes posted before it.  The synchronous forms
-serve ``stats``, ``bench`` and tests.
+URLs (``$LBPROVIDER_STATE``): ``sqlite:///PATH`` (default ``<home>/state.db``),
+``memory://``, ``redis://[:PASSWORD@]HOST:PORT/DB``, ``rediss://`` (TLS).
 """
 
 from __future__ import annotations
@@ -26,14 +27,10 @@ from typing import Any, Protocol
 __all__ = [
     "StateStore",
     "Updater",
-    "breaker_key",
     "default_store",
-    "lb_key",
-    "metrics_key",
     "open_store",
     "reset_default_store",
     "state_url",
-    "tpm_key",
 ]
 
 Updater = Callable[[Any], Any]
@@ -57,7 +54,9 @@ class StateStore(Protocol):
         """
         ...
 
-    def update_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
+    def update_many(
+        self, updates: Mapping[str, Updater], *, ttl_s: Mapping[str, float] | None = None
+    ) -> dict[str, Any]:
         """Several updates in one atomic step; returns the new values."""
         ...
 
@@ -69,11 +68,21 @@ class StateStore(Protocol):
         """``get_many`` without blocking the event loop."""
         ...
 
-    async def aupdate_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
-        """``update_many`` without blocking the event loop."""
+    async def aupdate_many(
+        self,
+        updates: Mapping[str, Updater],
+        *,
+        ttl_s: Mapping[str, float] | None = None,
+        read: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        """``update_many`` without blocking the event loop; the answer also holds the
+        current values of the ``read`` keys (read in the same round trip: a request's
+        start and its first admission cost one trip to the store, not two)."""
         ...
 
-    def post_many(self, updates: Mapping[str, Updater]) -> None:
+    def post_many(
+        self, updates: Mapping[str, Updater], *, ttl_s: Mapping[str, float] | None = None
+    ) -> None:
         """Queue ``update_many`` without waiting for it (applied in order, soon)."""
         ...
 
@@ -84,26 +93,6 @@ class StateStore(Protocol):
     def close(self) -> None:
         """Flush and release resources."""
         ...
-
-
-def lb_key(profile: str) -> str:
-    """Key of a load balancer's routing record (indices, counters)."""
-    return f"lb:{profile}"
-
-
-def breaker_key(member: str) -> str:
-    """Key of a member's breaker (shared by every load balancer)."""
-    return f"breaker:{member}"
-
-
-def tpm_key(member: str) -> str:
-    """Key of a member's TPM buckets (shared by every load balancer)."""
-    return f"tpm:{member}"
-
-
-def metrics_key(profile: str, member: str) -> str:
-    """Key of a member's metrics under one load balancer."""
-    return f"metrics:{profile}:{member}"
 
 
 def state_url(env: Mapping[str, str] | None = None) -> str:
@@ -131,6 +120,16 @@ def open_store(url: str, *, create_dir: bool = False) -> StateStore:
         from lbprovider.state.memory import MemoryStore
 
         return MemoryStore()
+    if url.startswith(("redis://", "rediss://")):
+        try:
+            from lbprovider.state.redis import RedisStore
+        except ImportError:
+            raise ConfigError(
+                "the redis package is not installed",
+                field="LBPROVIDER_STATE",
+                hint="pip install 'lbprovider[redis]'",
+            ) from None
+        return RedisStore(url)
     if url.startswith("sqlite://"):
         # sqlite:///PATH: PATH is absolute ("sqlite:////x" reads the same); "/~/..." expands.
         rest = url.removeprefix("sqlite://").lstrip("/")
@@ -163,7 +162,7 @@ def open_store(url: str, *, create_dir: bool = False) -> StateStore:
     raise ConfigError(
         f"unsupported state store {scheme!r}",
         field="LBPROVIDER_STATE",
-        hint="use sqlite:///PATH (the default) or memory://",
+        hint="use sqlite:///PATH (the default), redis://HOST:PORT/DB or memory://",
     )
 
 

@@ -41,17 +41,18 @@ class MemoryStore:
         """Atomic read-modify-write of one key."""
         return self.update_many({key: fn})[key]
 
-    def update_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
-        """Atomic read-modify-write of several keys (the new values are shared: read only)."""
-        out: dict[str, Any] = {}
+    def update_many(
+        self, updates: Mapping[str, Updater], *, ttl_s: Mapping[str, float] | None = None
+    ) -> dict[str, Any]:
+        """Atomic read-modify-write of several keys, all or nothing (the new values are
+        shared: read only).  ``ttl_s`` is ignored: this store ends with its process."""
         with self._lock:
-            for key, fn in updates.items():
-                new = fn(self._data.get(key))
+            out = {key: fn(self._data.get(key)) for key, fn in updates.items()}
+            for key, new in out.items():
                 if new is None:
                     self._data.pop(key, None)
                 else:
                     self._data[key] = new
-                out[key] = new
         return out
 
     def delete_prefix(self, prefix: str) -> None:
@@ -65,11 +66,22 @@ class MemoryStore:
         with self._lock:
             return {k: self._data[k] for k in keys if k in self._data}
 
-    async def aupdate_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
+    async def aupdate_many(
+        self,
+        updates: Mapping[str, Updater],
+        *,
+        ttl_s: Mapping[str, float] | None = None,
+        read: Iterable[str] = (),
+    ) -> dict[str, Any]:
         """Immediate: nothing here blocks."""
-        return self.update_many(updates)
+        out = self.update_many(updates)
+        with self._lock:
+            out.update((k, self._data[k]) for k in read if k not in out and k in self._data)
+        return out
 
-    def post_many(self, updates: Mapping[str, Updater]) -> None:
+    def post_many(
+        self, updates: Mapping[str, Updater], *, ttl_s: Mapping[str, float] | None = None
+    ) -> None:
         """Applied at once (already in order)."""
         self.update_many(updates)
 

@@ -8,9 +8,10 @@ queued into one transaction (write-behind for posted updates; a flush on exit).
 WAL mode lets readers (``stats``) run while a writer works.  ``busy_timeout`` plus
 a bounded retry keeps "database is locked" from ever reaching the user.
 
-A state file that cannot be opened or turns out corrupt is never fatal: the store
-logs one warning and carries on in memory for the rest of the process, because
-nothing about a broken state file should stop a user from reaching a backend.
+A state file that cannot be opened or turns out corrupt is never fatal
+(:mod:`lbprovider.state.health`): the store logs one warning, carries on in memory and
+tries the file again every 30 s, because nothing about a broken state file should stop
+a user from reaching a backend.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lbprovider.state import Updater
+from lbprovider.state.health import StoreHealth, Unavailable
 from lbprovider.state.memory import MemoryStore
 
 __all__ = ["SQLiteStore"]
@@ -66,22 +68,29 @@ class SQLiteStore:
     on SQLite (it awaits a future), and posted updates cost it nothing at all.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, reset_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
-        self._fallback: MemoryStore | None = None
+        self._fallback = MemoryStore()
+        self._health = StoreHealth(
+            lost=f"state file {self.path} is unusable (%s); keeping state in memory and "
+            "trying the file again every %g s (remove or fix the file, or set LBPROVIDER_STATE)",
+            back=f"state file {self.path} is usable again",
+            failures=(sqlite3.Error, OSError),
+            # A local file that fails once will fail again: no second try per request.
+            fail_max=1,
+            reset_timeout_s=reset_timeout_s,
+        )
         self._conn: sqlite3.Connection | None = None
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        try:
+        with contextlib.suppress(Unavailable), self._health.calling():
             self._conn = self._connect()
-        except (sqlite3.Error, OSError) as exc:
-            self._degrade(exc)
 
     @property
     def degraded(self) -> bool:
-        """True when the file proved unusable and state is kept in memory instead."""
-        return self._fallback is not None
+        """True while the file is unusable and state is kept in memory instead."""
+        return self._health.degraded
 
     def _connect(self) -> sqlite3.Connection:
         """Open and prepare the file; other processes opening it at the same moment
@@ -112,27 +121,10 @@ class SQLiteStore:
                 raise
         raise sqlite3.OperationalError("database stayed locked")  # pragma: no cover
 
-    def _degrade(self, exc: BaseException) -> None:
-        if self._fallback is None:
-            logger.warning(
-                "state file %s is unusable (%s); keeping state in memory for this run "
-                "(remove or fix the file, or set LBPROVIDER_STATE)",
-                self.path,
-                exc,
-            )
-            self._fallback = MemoryStore()
-        if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
-
     # -- the writer thread -----------------------------------------------------------------
 
     def _submit(self, kind: str, arg: Any, *, wait: bool) -> Future[Any]:
         future: Future[Any] = Future()
-        if self._fallback is not None:
-            future.set_result(self._apply_memory(kind, arg))
-            return future
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None:
@@ -162,29 +154,24 @@ class SQLiteStore:
             self._execute(batch)
 
     def _execute(self, batch: list[_Op]) -> None:
-        results: list[tuple[_Op, Any, BaseException | None]] = []
-        for attempt in range(_LOCK_RETRIES):
-            if self._conn is None:
-                break
-            try:
-                results = self._transaction(self._conn, batch)
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
-                    time.sleep(min(0.2, 0.005 * 2**attempt))
-                    continue
-                self._degrade(exc)
-            except sqlite3.Error as exc:
-                self._degrade(exc)
-        else:
-            self._degrade(sqlite3.OperationalError("database stayed locked"))
-        if self._conn is None:
+        try:
+            with self._health.calling():
+                if self._conn is None:
+                    self._conn = self._connect()
+                results = self._commit(self._conn, batch)
+        except Unavailable:
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+                self._conn = None
             results = []
             for op in batch:
                 try:
                     results.append((op, self._apply_memory(op.kind, op.arg), None))
                 except Exception as exc:  # an updater's own bug: report it to its caller
                     results.append((op, None, exc))
+        except Exception as exc:  # a bug, not the file's: fail this batch, keep the thread
+            results = [(op, None, exc) for op in batch]
         for op, value, error in results:
             if op.future is not None:
                 if error is not None:
@@ -193,6 +180,20 @@ class SQLiteStore:
                     op.future.set_result(value)
             elif error is not None:
                 logger.error("a posted state update failed: %s", error)
+
+    def _commit(
+        self, conn: sqlite3.Connection, batch: list[_Op]
+    ) -> list[tuple[_Op, Any, BaseException | None]]:
+        """One transaction for the batch; another process holding the lock only makes
+        us wait (bounded), any other error is the file's."""
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                return self._transaction(conn, batch)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                time.sleep(min(0.2, 0.005 * 2**attempt))
+        raise sqlite3.OperationalError("database stayed locked")
 
     def _transaction(
         self, conn: sqlite3.Connection, batch: list[_Op]
@@ -251,7 +252,6 @@ class SQLiteStore:
         return op, new, None
 
     def _apply_memory(self, kind: str, arg: Any) -> Any:
-        assert self._fallback is not None
         m = self._fallback
         if kind == "get":
             return m.get_many(arg)
@@ -282,16 +282,32 @@ class SQLiteStore:
         """Atomic read-modify-write of one key."""
         return self.update_many({key: fn})[key]
 
-    def update_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
+    def update_many(
+        self, updates: Mapping[str, Updater], *, ttl_s: Mapping[str, float] | None = None
+    ) -> dict[str, Any]:
         """Atomic read-modify-write of several keys, in one IMMEDIATE transaction."""
         return self._submit("update", dict(updates), wait=True).result()  # type: ignore[no-any-return]
 
-    async def aupdate_many(self, updates: Mapping[str, Updater]) -> dict[str, Any]:
-        """``update_many``, awaited."""
+    async def aupdate_many(
+        self,
+        updates: Mapping[str, Updater],
+        *,
+        ttl_s: Mapping[str, float] | None = None,
+        read: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        """``update_many``, awaited; the ``read`` keys are read right after it, in the
+        same batch (usually the same transaction)."""
         future = self._submit("update", dict(updates), wait=True)
-        return await asyncio.wrap_future(future)
+        extra = [k for k in dict.fromkeys(read) if k not in updates]
+        reading = self._submit("get", extra, wait=True) if extra else None
+        out: dict[str, Any] = dict(await asyncio.wrap_future(future))
+        if reading is not None:
+            out.update(await asyncio.wrap_future(reading))
+        return out
 
-    def post_many(self, updates: Mapping[str, Updater]) -> None:
+    def post_many(
+        self, updates: Mapping[str, Updater], *, ttl_s: Mapping[str, float] | None = None
+    ) -> None:
         """Queue ``update_many``; applied in order, in the next transaction."""
         self._submit("update", dict(updates), wait=False)
 
@@ -301,7 +317,7 @@ class SQLiteStore:
 
     def flush(self) -> None:
         """Wait until every posted update is written."""
-        if self._thread is not None and self._fallback is None:
+        if self._thread is not None:
             self._submit("noop", None, wait=True).result()
 
     def close(self) -> None:

@@ -25,17 +25,16 @@ pytest's loops finalise async generators, which is the hook used) or by
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from lbprovider.errors import TransportError
+from lbprovider.loops import PerLoop
 from lbprovider.profiles import Member
 from lbprovider.redaction import scrub
 from lbprovider.transport import (
@@ -62,58 +61,29 @@ _CLIENT_PARAMS = frozenset({"extra_headers", "extra_body", "extra_query", "timeo
 # -- the pool: one session per event loop --------------------------------------------------
 
 
-class _Pools:
-    """Process-wide: the session of each live event loop, and its closer."""
-
-    sessions: ClassVar[
-        weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]
-    ] = weakref.WeakKeyDictionary()
-    # A started async generator per loop whose ``finally`` closes that loop's session:
-    # the loop finalises it on shutdown (``shutdown_asyncgens``). Held here because the
-    # loop keeps only a weak reference.
-    closers: ClassVar[
-        weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]]
-    ] = weakref.WeakKeyDictionary()
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
+        # Honour HTTP(S)_PROXY / NO_PROXY as httpx-based clients (litellm) do.
+        trust_env=True,
+        headers={"User-Agent": _USER_AGENT},
+    )
 
 
-async def _close_at_shutdown(
-    loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession
-) -> AsyncGenerator[None, None]:
-    try:
-        yield
-    finally:
-        # Forget the loop too: the session refers to it, so keeping the entry would
-        # keep every finished loop alive.
-        if _Pools.sessions.get(loop) is session:
-            del _Pools.sessions[loop]
-            _Pools.closers.pop(loop, None)
-        await session.close()
+_POOLS: PerLoop[aiohttp.ClientSession] = PerLoop(
+    _session, lambda session: session.close(), alive=lambda session: not session.closed
+)
 
 
 async def pool() -> aiohttp.ClientSession:
     """The running loop's connection pool, made on first use."""
-    loop = asyncio.get_running_loop()
-    session = _Pools.sessions.get(loop)
-    if session is None or session.closed:
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
-            # Honour HTTP(S)_PROXY / NO_PROXY as httpx-based clients (litellm) do.
-            trust_env=True,
-            headers={"User-Agent": _USER_AGENT},
-        )
-        _Pools.sessions[loop] = session
-        closer = _close_at_shutdown(loop, session)
-        await anext(closer)
-        _Pools.closers[loop] = closer
-    return session
+    return await _POOLS.get()
 
 
 async def close_pool() -> None:
     """Close the running loop's pool now (idempotent)."""
-    closer = _Pools.closers.get(asyncio.get_running_loop())
-    if closer is not None:
-        await closer.aclose()
+    await _POOLS.close()
 
 
 # -- requests -------------------------------------------------------------------------------
