@@ -232,10 +232,12 @@ def test_sim_bad_behavior() -> None:
     ],
 )
 def test_cli_does_not_import_litellm(code_line: str) -> None:
-    """--help, every profiles command and stats start without importing litellm."""
+    """--help, every profiles command and stats start without importing litellm, an SDK,
+    or redis-py (SQLite state: pybreaker would bring redis-py in when installed)."""
+    heavy = ("litellm", "openai", "redis", "pybreaker")
     probe = (
         "import sys, atexit\n"
-        "atexit.register(lambda: print('LITELLM' if 'litellm' in sys.modules else 'CLEAN',"
+        f"atexit.register(lambda: print([m for m in {heavy!r} if m in sys.modules] or 'CLEAN',"
         " file=sys.stderr))\n"
         f"{code_line}\n"
     )
