@@ -6,7 +6,7 @@ holds JSON values under string keys and has one write: an atomic read-modify-wri
 ``update_many({key: fn})``, applying pure functions to the current values with no other
 writer in between.  Typed keys, records and their codecs are the ledger's
 (:mod:`lbprovider.ledger`); a store only makes the updates atomic: a lock in memory, a
-transaction in SQLite, an optimistic transaction in Redis.
+transaction in SQLite, an optimistic compare-and-set in Redis.
 
 The engine uses the async forms on its hot path: ``aget_many``/``aupdate_many`` when it
 needs the result, ``post_many`` when it does not (metrics at the end of a request:

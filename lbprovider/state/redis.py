@@ -67,7 +67,7 @@ __all__ = ["PREFIX", "RedisStore"]
 logger = logging.getLogger("lbprovider")
 
 PREFIX = "lbprovider:"
-_RETRIES = 100  # optimistic transactions retried on conflict, at most
+_RETRIES = 100  # an update run again after a conflict, at most
 _TIMEOUT_S = 2.0  # connecting, and waiting for a reply
 _CLOSE_S = 10.0
 _SCAN_COUNT = 500
