@@ -76,7 +76,7 @@ _SCAN_COUNT = 500
 _LINGER_S = 0.005
 _READ_TRIES = 3
 # A post transaction also sets lbprovider:tx:<random>, briefly: when its loop ends with
-# EXEC sent and no answer read, the store's own loop asks whether it applied.
+# its update sent and no answer read, the store's own loop asks whether it applied.
 _MARKER = PREFIX + "tx:"
 _MARKER_TTL_MS = 60_000
 T = TypeVar("T")
@@ -123,7 +123,7 @@ Waiter = asyncio.Future[dict[str, Any]] | concurrent.futures.Future[dict[str, An
 
 class _Op:
     """One update on its way to Redis; ``waiter`` gets its new values.  ``sent`` turns
-    true just before the ``EXEC`` that may apply it: from then on a read cannot tell
+    true just before the update that may apply it is sent: from then on a read cannot tell
     whether Redis has it, and waits for it instead of adding it itself.  ``tx`` numbers
     that transaction, ``via`` is the link that sent it."""
 
@@ -304,7 +304,7 @@ class _Link:
             await self.store.commit(self, ops, marker=marker)
         except asyncio.CancelledError:
             # The loop is ending: nobody is left to await its updates; its posts are
-            # finished by the store's own loop (which, if EXEC went out, first asks
+            # finished by the store's own loop (which, if the update went out, first asks
             # Redis whether it applied them).
             queued = self.batch.take()
             for op in (*ops, *queued):
@@ -543,8 +543,8 @@ class RedisStore:
         own.loop.call_soon_threadsafe(own.batch.kick)
 
     async def _finish(self, ops: list[_Op], marker: str) -> None:
-        """Settle posts whose ``EXEC`` went out as their loop ended: applied if the
-        marker is there (asked twice, a moment apart, since that ``EXEC`` may still be
+        """Settle posts whose update went out as their loop ended: applied if the
+        marker is there (asked twice, a moment apart, since that update may still be
         on its way), else written again."""
         own = self._own_link()
         for delay in (0.0, 0.05):
