@@ -32,7 +32,7 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,13 @@ from typing import Any
 from common import bench_config, start_sim
 
 from lbprovider.errors import TransportError
-from lbprovider.profiles import LoadBalancerConfig, Member
+from lbprovider.profiles import LoadBalancerConfig
 from lbprovider.provider import LoadBalancingProvider
 from lbprovider.state import StateStore
 from lbprovider.state.memory import MemoryStore
 from lbprovider.state.redis import RedisStore
 from lbprovider.state.sqlite import SQLiteStore
-from lbprovider.testing import ValkeyServer
-from lbprovider.transport import Chunk, Usage
+from lbprovider.testing import Answer, Fail, ScriptedTransport, ValkeyServer
 
 HI = [{"role": "user", "content": "hi"}]
 # Closed once the event loop has ended: a store closed from inside a loop cannot wait for
@@ -56,26 +55,16 @@ OPENED: list[StateStore] = []
 STORES = ("memory", "sqlite", "redis")
 
 
-class StubTransport:
-    """Four chunks and usage, no I/O; members in ``failing`` answer 503."""
-
-    def __init__(self, failing: frozenset[str] = frozenset()) -> None:
-        self.failing = failing
-        self.calls: list[str] = []
-
-    async def warm_up(self) -> None:
-        """Nothing to warm."""
-
-    async def stream(
-        self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
-    ) -> AsyncIterator[Chunk]:
-        """Yield a tiny answer (or fail)."""
-        self.calls.append(member.name)
-        if member.name in self.failing:
-            raise TransportError("503 from the stub", member=member.name, status=503)
-        for text in ("Hello", " from", " the", " stub."):
-            yield Chunk(text=text, backend=member.name, model=member.litellm_model)
-        yield Chunk(finish_reason="stop", usage=Usage(10, 4), backend=member.name)
+def stub(failing: Sequence[str] = ()) -> ScriptedTransport:
+    """Members m0..m2 answer four chunks and usage, with no I/O; ``failing`` ones 503."""
+    transport = ScriptedTransport()
+    for name in ("m0", "m1", "m2"):
+        if name in failing:
+            error = TransportError("503 from the stub", member=name, status=503)
+            transport.script(name, Fail(error))
+        else:
+            transport.script(name, Answer(text="Hello from the stub.", chunks=4))
+    return transport
 
 
 def config(urls: Sequence[str], name: str = "bench") -> LoadBalancerConfig:
@@ -138,10 +127,8 @@ async def staleness(open_store: Mapping[str, Any], trials: int) -> dict[str, Any
         store_a, store_b = make(), make()
         for trial in range(trials):
             cfg = config(urls, f"stale{trial}")
-            a = LoadBalancingProvider(
-                cfg, store=store_a, transport=StubTransport(frozenset({"m0"}))
-            )
-            b_transport = StubTransport()
+            a = LoadBalancingProvider(cfg, store=store_a, transport=stub(failing=["m0"]))
+            b_transport = stub()
             b = LoadBalancingProvider(cfg, store=store_b, transport=b_transport)
             for _ in range(20):  # until A has seen enough failures to open the breaker
                 await a.complete(HI)
@@ -151,7 +138,7 @@ async def staleness(open_store: Mapping[str, Any], trials: int) -> dict[str, Any
                 raise RuntimeError("the breaker never opened")
             for _ in range(3):  # round-robin over 3: m0's turn comes in these
                 await b.complete(HI)
-            stale += b_transport.calls.count("m0")
+            stale += b_transport.hits("m0")
         OPENED.extend((store_a, store_b))
         out[kind] = {"trials": trials, "requests_reaching_open_member": stale}
     return out
@@ -168,11 +155,8 @@ async def one_pass(
     results: dict[str, dict[str, Any]] = {}
     pair = ["memory", kind]
     stores = {k: open_store(k, f"{kind}-{k}") for k in pair}
-    stub = config(["http://127.0.0.1:9/v1"] * 3)
-    lbs = {
-        k: LoadBalancingProvider(stub, store=s, transport=StubTransport())
-        for k, s in stores.items()
-    }
+    cfg = config(["http://127.0.0.1:9/v1"] * 3)
+    lbs = {k: LoadBalancingProvider(cfg, store=s, transport=stub()) for k, s in stores.items()}
     await measure(lbs, 50, 1)  # warm every path
     results["engine_sequential"] = summarise(await measure(lbs, requests, 1))
     results["engine_concurrent32"] = summarise(await measure(lbs, requests, 32))

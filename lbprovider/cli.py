@@ -314,7 +314,12 @@ def stats_command(ctx: click.Context, name: str | None, as_json: bool, reset: bo
             click.echo(f"reset counters of {config.name}", err=True)
     now = SystemClock().now()
     reports = [ledger_mod.report(c, ledger, now) for c in configs]
-    _check_readable(state)
+    _require_store(
+        state,
+        "cannot be read, so there is nothing to report",
+        "move a broken file aside (a new one is made), start the Redis server, or point "
+        "LBPROVIDER_STATE elsewhere",
+    )
     if as_json:
         click.echo(json.dumps(reports[0] if name is not None else reports, indent=2))
         return
@@ -328,35 +333,24 @@ def stats_command(ctx: click.Context, name: str | None, as_json: bool, reset: bo
         render_stats(report, console)
 
 
-def _check_written(state: Any) -> None:
-    """bench/unbench must reach the shared store, or no other process sees them."""
-    from lbprovider.state import state_url
-
-    if getattr(state, "degraded", False):
-        raise ConfigError(
-            f"the state store {_shown(state_url())} cannot be written: nothing was changed",
-            field="LBPROVIDER_STATE",
-            hint="start the Redis server or fix the state file, then run this again",
-        )
-
-
-def _check_readable(state: Any) -> None:
-    """A request may go on without its state store; a report of the store cannot."""
-    from lbprovider.state import state_url
-
-    if getattr(state, "degraded", False):
-        raise ConfigError(
-            f"the state store {_shown(state_url())} cannot be read, so there is nothing to report",
-            field="LBPROVIDER_STATE",
-            hint="move a broken file aside (a new one is made), start the Redis server, or "
-            "point LBPROVIDER_STATE elsewhere",
-        )
-
-
-def _shown(url: str) -> str:
+def _require_store(state: Any, problem: str, hint: str) -> None:
+    """A request may go on without its state store; a report of the store, or a change by
+    hand that every process must see, cannot."""
     from lbprovider.redaction import redact_url
+    from lbprovider.state import state_url
 
-    return redact_url(url)
+    if getattr(state, "degraded", False):
+        raise ConfigError(
+            f"the state store {redact_url(state_url())} {problem}",
+            field="LBPROVIDER_STATE",
+            hint=hint,
+        )
+
+
+_UNWRITTEN = (
+    "cannot be written: nothing was changed",
+    "start the Redis server or fix the state file, then run this again",
+)
 
 
 def _read_stdin() -> str:
@@ -453,7 +447,7 @@ def bench_command(ctx: click.Context, member: str, duration: str) -> None:
     now = dt.datetime.now().astimezone()
     store = default_store()
     ledger.bench(ledger.Ledger(store), member, seconds, now.timestamp())
-    _check_written(store)
+    _require_store(store, *_UNWRITTEN)
     until = (now + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S %Z")
     click.echo(f"benched {member} until {until}")
 
@@ -469,7 +463,7 @@ def unbench_command(ctx: click.Context, member: str) -> None:
     _member_profile(ctx, member)
     store = default_store()
     ledger.unbench(ledger.Ledger(store), member)
-    _check_written(store)
+    _require_store(store, *_UNWRITTEN)
     click.echo(f"unbenched {member}")
 
 

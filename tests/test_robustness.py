@@ -319,6 +319,18 @@ def test_stats_on_a_corrupt_state_file(
     assert code == 2 and "LBPROVIDER_STATE" in err and "no recorded state" not in err
 
 
+def test_bench_on_a_corrupt_state_file(write_profile: WriteProfile, isolated: Path) -> None:
+    """bench/unbench that cannot reach the shared state: exit 2, the file untouched (a
+    bench only this process would see is no bench)."""
+    write_profile("a", member())
+    state = isolated / "state.db"
+    state.write_bytes(b"\x00garbage" * 512)
+    for args in (("bench", "a", "--for", "5m"), ("unbench", "a")):
+        code, _, err = run(*args)
+        assert code == 2 and "cannot be written: nothing was changed" in err, err
+    assert state.read_bytes() == b"\x00garbage" * 512
+
+
 def test_sim_port_in_use() -> None:
     """sim --port on a busy port: exit 2 naming --port."""
     import socket
