@@ -16,7 +16,7 @@ from lbprovider.profile_store import ProfileStore
 from lbprovider.profiles import LoadBalancerConfig
 from lbprovider.routing import RequestTrace, Router
 from lbprovider.state import StateStore, default_store
-from lbprovider.transport import Chunk, ToolCallDelta, Transport, TransportSet, Usage
+from lbprovider.transport import Chunk, ToolCallDelta, Transport, TransportSet, Usage, Wire
 
 __all__ = ["LoadBalancingProvider", "RequestTrace", "Result"]
 
@@ -33,6 +33,10 @@ class Result:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 0
     failover: bool = False
+    thinking: str = ""  # reasoning text, when the member thought aloud (Anthropic)
+    signature: str = ""  # the signature closing that thinking
+    # The member's own events, when the request was passed through in its API.
+    wire: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The ``chat --json`` object: text, backend, model, failover, attempts, usage."""
@@ -127,11 +131,18 @@ class LoadBalancingProvider:
         return self._router.route(messages, kwargs, RequestTrace())
 
     def stream_traced(
-        self, messages: Sequence[Mapping[str, Any]], trace: RequestTrace, **kwargs: Any
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        trace: RequestTrace,
+        *,
+        wire: Wire | None = None,
+        **kwargs: Any,
     ) -> AsyncGenerator[Chunk, None]:
         """:meth:`stream`, filling ``trace`` as it goes: attempts, the members that failed
-        or were skipped, the serving member and model, usage (hosts report these)."""
-        return self._router.route(messages, kwargs, trace)
+        or were skipped, the serving member and model, usage (hosts report these).
+        ``wire``: the client's own request, passed through as it is to members that speak
+        its API (the gateway, SPEC §4.2)."""
+        return self._router.route(messages, kwargs, trace, wire=wire)
 
     async def complete(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Result:
         """The whole answer, from one member, with the serving backend, attempts and usage.
@@ -142,17 +153,28 @@ class LoadBalancingProvider:
         return await self.complete_traced(messages, RequestTrace(), **kwargs)
 
     async def complete_traced(
-        self, messages: Sequence[Mapping[str, Any]], trace: RequestTrace, **kwargs: Any
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        trace: RequestTrace,
+        *,
+        wire: Wire | None = None,
+        **kwargs: Any,
     ) -> Result:
         """:meth:`complete`, filling ``trace`` as it goes (see :meth:`stream_traced`)."""
         text: list[str] = []
+        thinking: list[str] = []
+        signature = ""
         tools: list[ToolCallDelta] = []
+        events: list[dict[str, Any]] = []
         finish = None
-        route = self._router.route(messages, kwargs, trace, streaming=False)
+        route = self._router.route(messages, kwargs, trace, streaming=False, wire=wire)
         async with contextlib.aclosing(route) as chunks:
             async for chunk in chunks:
                 text.append(chunk.text)
+                thinking.append(chunk.thinking)
+                signature = chunk.signature or signature
                 tools.extend(chunk.tool_calls)
+                events.extend(chunk.wire)
                 finish = chunk.finish_reason or finish
         return Result(
             text="".join(text),
@@ -163,6 +185,9 @@ class LoadBalancingProvider:
             tool_calls=_merge_tool_calls(tools),
             attempts=trace.attempts,
             failover=trace.failover,
+            thinking="".join(thinking),
+            signature=signature,
+            wire=events,
         )
 
     def stats(self) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from lbprovider.retry import RetryPolicy
 from lbprovider.selection import Admitted, Candidate, Known, Plan, Selection, keep_probe
 from lbprovider.state import StateStore
 from lbprovider.timeouts import FirstChunkTimeout, IdleTimeout, aclose_quietly
-from lbprovider.transport import Chunk, TransportSet, Usage, member_secrets
+from lbprovider.transport import Chunk, TransportSet, Usage, Wire, member_secrets
 
 __all__ = ["Request", "RequestTrace", "Router"]
 
@@ -79,6 +79,8 @@ class Request:
     plan: Plan | None = None
     # Admission records read with the start; good until the first attempt takes time.
     known: Known | None = None
+    # The client's own request, for a member that speaks its API (SPEC §4.2 pass-through).
+    wire: Wire | None = None
 
 
 @dataclass
@@ -137,15 +139,19 @@ class Router:
         trace: RequestTrace,
         *,
         streaming: bool = True,
+        wire: Wire | None = None,
     ) -> AsyncGenerator[Chunk, None]:
         """Serve one request: yield the chunks of the first member that can serve it.
 
         ``streaming`` False: the caller shows nothing before the end, so each answer is
         read whole before its first chunk is yielded, and a stream that breaks fails over.
+        ``wire``: the client's own request, passed through to members that speak its API.
         """
         check_messages(messages)  # a caller's error is refused before any member is asked
         start, known = await self.selection.start()
-        req = Request(messages, params, trace, start=start, known=known, streaming=streaming)
+        req = Request(
+            messages, params, trace, start=start, known=known, streaming=streaming, wire=wire
+        )
         try:
             opened = await self._first_chunk(req)
         except BaseException:
@@ -230,8 +236,10 @@ class Router:
         req.trace.attempts += 1
         number = req.trace.attempts
         started = self.clock.monotonic()
+        # A continuation's messages are the engine's own: never the client's wire request.
+        wire = None if messages is not None else req.wire
         stream = FirstChunkTimeout(
-            transport.stream(member, messages or req.messages, req.params),
+            transport.stream(member, messages or req.messages, req.params, wire),
             self.config.settings.first_chunk_timeout_s,
             member=member.name,
         )

@@ -29,7 +29,7 @@ from typing import Any
 
 from lbprovider.errors import TransportError
 from lbprovider.profiles import Member
-from lbprovider.transport import Chunk, ToolCallDelta, Usage, call_params
+from lbprovider.transport import Chunk, ToolCallDelta, Usage, Wire, call_params
 
 __all__ = [
     "Answer",
@@ -156,6 +156,7 @@ class Call:
     messages: list[dict[str, Any]]
     params: dict[str, Any]
     at: float | None = None
+    wire: Wire | None = None
 
 
 @dataclass
@@ -204,7 +205,11 @@ class ScriptedTransport:
             await (self.clock.sleep if self.clock else asyncio.sleep)(seconds)
 
     async def stream(
-        self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+        self,
+        member: Member,
+        messages: Sequence[Mapping[str, Any]],
+        params: Mapping[str, Any],
+        wire: Wire | None = None,
     ) -> AsyncIterator[Chunk]:
         """Play ``member``'s next step."""
         self.calls.append(
@@ -213,6 +218,7 @@ class ScriptedTransport:
                 [dict(m) for m in messages],
                 call_params(member, params),
                 at=self.clock.now() if self.clock else None,
+                wire=wire,
             )
         )
         async with self._called:

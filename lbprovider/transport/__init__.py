@@ -22,7 +22,8 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -31,11 +32,13 @@ from lbprovider.redaction import is_secret_name
 
 __all__ = [
     "RESERVED_KWARGS",
+    "Api",
     "Chunk",
     "ToolCallDelta",
     "Transport",
     "TransportSet",
     "Usage",
+    "Wire",
     "call_params",
     "host_port",
     "member_secrets",
@@ -65,23 +68,44 @@ _OUTPUT_CAPS = ("max_tokens", "max_completion_tokens")
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of one answer."""
+    """Token counts of one answer.
+
+    ``prompt_tokens`` counts every input token, cached ones included (OpenAI's
+    convention); ``cache_read_tokens`` of them were read from the provider's prompt
+    cache (OpenAI ``prompt_tokens_details.cached_tokens``, Anthropic
+    ``cache_read_input_tokens``) and ``cache_write_tokens`` written to it (Anthropic
+    ``cache_creation_input_tokens``).
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         """prompt + completion."""
         return self.prompt_tokens + self.completion_tokens
 
-    def to_dict(self) -> dict[str, int]:
-        """OpenAI's usage object."""
-        return {
+    def __add__(self, other: Usage) -> Usage:
+        """What two members were billed for together (an answer continued elsewhere)."""
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """OpenAI's usage object (with ``prompt_tokens_details`` when tokens were cached)."""
+        out: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
         }
+        if self.cache_read_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens}
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +122,14 @@ class ToolCallDelta:
 class Chunk:
     """One streamed piece of an answer. ``backend`` names the member that served it.
 
-    ``malformed`` counts the events the transport skipped just before this chunk
-    because they could not be read (SPEC §3.4); the engine adds them to the
-    member's ``malformedChunks``.
+    ``thinking`` is reasoning text (Anthropic ``thinking_delta``) and ``signature`` the
+    signature that closes a thinking block (``signature_delta``); both count as content:
+    a member that is thinking has started its answer.  ``malformed`` counts the events
+    the transport skipped just before this chunk because they could not be read (SPEC
+    §3.4); the engine adds them to the member's ``malformedChunks``.  ``wire`` holds the
+    member's own events (decoded JSON objects, in order) that made this chunk, when the
+    request was passed through in the member's own API (:class:`Wire`): a gateway that
+    speaks that API sends them back as they came.
     """
 
     text: str = ""
@@ -110,11 +139,38 @@ class Chunk:
     backend: str | None = None
     model: str | None = None
     malformed: int = 0
+    thinking: str = ""
+    signature: str = ""
+    wire: tuple[dict[str, Any], ...] = ()
 
     @property
     def is_content(self) -> bool:
-        """Text or a tool-call delta (a role-only chunk is not content)."""
-        return bool(self.text or self.tool_calls)
+        """Text, thinking or a tool-call delta (a role-only chunk is not content)."""
+        return bool(self.text or self.tool_calls or self.thinking or self.signature)
+
+
+class Api(StrEnum):
+    """The wire API a request arrived in, or a member speaks natively."""
+
+    OPENAI_CHAT = "openai-chat"  # POST /v1/chat/completions
+    ANTHROPIC_MESSAGES = "anthropic-messages"  # POST /v1/messages
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """A request as its client sent it (SPEC §4.2 pass-through).
+
+    A transport whose member speaks ``api`` sends ``body`` as it is — only ``model`` and
+    an output cap above the member's change — with ``headers`` (the client's
+    ``anthropic-beta`` / ``anthropic-version``, say), and hands back the member's events
+    in :attr:`Chunk.wire`.  A member that speaks another API gets the engine's
+    translated request instead (``messages`` and ``params``), which the gateway always
+    supplies too.
+    """
+
+    api: Api
+    body: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class Transport(Protocol):
@@ -125,14 +181,19 @@ class Transport(Protocol):
         ...
 
     def stream(
-        self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+        self,
+        member: Member,
+        messages: Sequence[Mapping[str, Any]],
+        params: Mapping[str, Any],
+        wire: Wire | None = None,
     ) -> AsyncIterator[Chunk]:
         """Stream one answer from ``member``; closing the iterator closes the upstream.
 
-        Yields only chunks that carry something (text, tool-call deltas, a finish
-        reason, usage), so the first one is what the first-chunk timeout waits for.
-        Raises :class:`~lbprovider.errors.TransportError` and nothing else (but
-        cancellation).
+        Yields only chunks that carry something (text, thinking, tool-call deltas, a
+        finish reason, usage), so the first one is what the first-chunk timeout waits
+        for.  ``wire``: the client's own request, sent as it is when ``member`` speaks
+        its API (pass-through), ignored otherwise.  Raises
+        :class:`~lbprovider.errors.TransportError` and nothing else (but cancellation).
         """
         ...
 

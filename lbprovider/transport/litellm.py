@@ -26,6 +26,7 @@ from lbprovider.transport import (
     Chunk,
     ToolCallDelta,
     Usage,
+    Wire,
     call_params,
     host_port,
     member_secrets,
@@ -223,9 +224,14 @@ class LiteLLMTransport:
         return kwargs
 
     async def stream(
-        self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+        self,
+        member: Member,
+        messages: Sequence[Mapping[str, Any]],
+        params: Mapping[str, Any],
+        wire: Wire | None = None,
     ) -> AsyncIterator[Chunk]:
-        """Yield the member's answer as chunks; the upstream is closed on exit."""
+        """Yield the member's answer as chunks; the upstream is closed on exit.  (litellm
+        speaks no client's wire format as it is: ``wire`` is never passed through.)"""
         await self.warm_up()
         try:
             response = await self._litellm.acompletion(**self.call_kwargs(member, messages, params))

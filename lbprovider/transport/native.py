@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,9 +39,11 @@ from lbprovider.loops import PerLoop
 from lbprovider.profiles import Member
 from lbprovider.redaction import scrub
 from lbprovider.transport import (
+    Api,
     Chunk,
     ToolCallDelta,
     Usage,
+    Wire,
     call_params,
     host_port,
     member_secrets,
@@ -103,11 +106,31 @@ def _bearer(member: Member) -> str | None:
     return os.environ.get("OPENAI_API_KEY") or None
 
 
+def passes_through(wire: Wire | None) -> bool:
+    """Whether ``wire`` is a Chat Completions request this transport sends as it is."""
+    return wire is not None and wire.api is Api.OPENAI_CHAT
+
+
 def build_request(
-    member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+    member: Member,
+    messages: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    wire: Wire | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """The JSON body and the headers of one streamed chat-completion request."""
-    merged = call_params(member, params)
+    """The JSON body and the headers of one streamed chat-completion request.
+
+    A client's own Chat Completions request (``wire``) goes out as it came, but for
+    ``model``, an output cap above the member's, and ``stream`` with
+    ``stream_options.include_usage``: the engine reads every answer as a stream and
+    counts its tokens (the gateway gives a non-streaming client one whole answer).
+    """
+    if passes_through(wire):
+        assert wire is not None
+        client_body = {k: v for k, v in wire.body.items() if k not in ("model", "messages")}
+        merged = call_params(member, client_body)
+        merged.update({k: v for k, v in client_body.items() if k not in merged})
+    else:
+        merged = call_params(member, params)
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     extra_headers = merged.get("extra_headers")
     if isinstance(extra_headers, Mapping):
@@ -211,10 +234,15 @@ class NativeTransport:
         """Nothing to warm: aiohttp is imported with this module, the pool on first use."""
 
     async def stream(
-        self, member: Member, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+        self,
+        member: Member,
+        messages: Sequence[Mapping[str, Any]],
+        params: Mapping[str, Any],
+        wire: Wire | None = None,
     ) -> AsyncIterator[Chunk]:
         """Yield the member's answer as chunks; closing the iterator closes the connection."""
-        body, headers = build_request(member, messages, params)
+        body, headers = build_request(member, messages, params, wire)
+        keep = passes_through(wire)
         url = endpoint(member)
         session = await pool()
         try:
@@ -228,11 +256,12 @@ class NativeTransport:
             if response.status >= 400:
                 raise await _http_error(response, member)
             if response.content_type == "application/json":
-                chunk = to_chunk(await _json_body(response, member, url), member)
+                payload = await _json_body(response, member, url)
+                chunk = to_chunk(payload, member)
                 if chunk is not None:
-                    yield chunk
+                    yield replace(chunk, wire=(payload,)) if keep else chunk
             else:
-                async for chunk in _events(response, member):
+                async for chunk in _events(response, member, keep=keep):
                     yield chunk
             done = True
         except (aiohttp.ClientError, OSError) as exc:
@@ -247,13 +276,18 @@ class NativeTransport:
                 response.close()
 
 
-async def _events(response: aiohttp.ClientResponse, member: Member) -> AsyncIterator[Chunk]:
+async def _events(
+    response: aiohttp.ClientResponse, member: Member, *, keep: bool = False
+) -> AsyncIterator[Chunk]:
     """The SSE events of a streamed answer, as chunks (see the module docstring).
 
     Each ``data:`` line is one event: OpenAI-compatible servers put every event on one
     line, and reading lines from whatever blocks arrive has no line-length limit.
+    ``keep``: every event read rides on the next chunk (:attr:`Chunk.wire`), for a
+    client that gets the member's own events back.
     """
     pending = b""
+    kept: list[dict[str, Any]] = []
     malformed = 0
     finished = done = False
     async for block in response.content.iter_any():
@@ -279,10 +313,14 @@ async def _events(response: aiohttp.ClientResponse, member: Member) -> AsyncIter
                 continue
             if event.get("error"):
                 raise _stream_error(event, member)
+            if keep:
+                kept.append(event)
             chunk = to_chunk(event, member, malformed)
             if chunk is not None:
                 malformed = 0
                 finished = finished or chunk.finish_reason is not None
+                if kept:
+                    chunk, kept = replace(chunk, wire=tuple(kept)), []
                 yield chunk
         if done:
             break
@@ -292,8 +330,10 @@ async def _events(response: aiohttp.ClientResponse, member: Member) -> AsyncIter
             member=member.name,
             network=True,
         )
-    if malformed:
-        yield Chunk(backend=member.name, model=member.litellm_model, malformed=malformed)
+    if malformed or kept:
+        yield Chunk(
+            backend=member.name, model=member.litellm_model, malformed=malformed, wire=tuple(kept)
+        )
 
 
 async def _json_body(response: aiohttp.ClientResponse, member: Member, url: str) -> dict[str, Any]:
