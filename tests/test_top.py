@@ -95,6 +95,16 @@ def test_stats_json_has_recent_counts(recorded: dict[str, Any]) -> None:
     assert metrics[STEADY]["recent60s"] == {"requests": 3, "failures": 0}
 
 
+def test_top_shows_members_without_keys_here(write_profile: WriteProfile, state_db: Path) -> None:
+    """A member whose key variable is not set where `top` runs still has its row."""
+    write_profile("remote", member(key=None, **{"auth-key-env": "LBPROVIDER_TEST_UNSET_KEY"}))
+    write_profile("local", member())
+    write_profile("fleet", lb(["remote", "local"]))
+    code, out, err = run("top", "fleet", "--once")
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()[-2:]] == ["remote", "local"]
+
+
 def test_top_unknown_name(write_profile: WriteProfile, state_db: Path) -> None:
     """An unknown NAME, or a member's: exit 2 with the reason on stderr."""
     write_profile("solo", member())
