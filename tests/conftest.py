@@ -129,6 +129,11 @@ def both_transports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     return str(request.param)
 
 
+def is_anthropic() -> bool:
+    """Whether `both_transports` runs this test over native Anthropic members."""
+    return TRANSPORT["kind"] == "anthropic"
+
+
 def skip_for_anthropic(reason: str) -> None:
     """Skip a `both_transports` test that is about the OpenAI wire form itself."""
     if TRANSPORT["kind"] == "anthropic":

@@ -59,6 +59,7 @@ __all__ = [
     "passes_through",
     "rate_limit_headers",
     "to_messages_body",
+    "trimmed_prefill",
 ]
 
 logger = logging.getLogger("lbprovider")
@@ -287,6 +288,20 @@ def _trim_prefill(turns: list[dict[str, Any]]) -> None:
         content[-1] = {**content[-1], "text": str(content[-1].get("text", "")).rstrip()}
 
 
+def trimmed_prefill(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The trailing whitespace :func:`_trim_prefill` takes off a trailing assistant
+    message: the member's continuation starts with it again, and the caller has it
+    already (SPEC §3.4: text delivered is never sent twice)."""
+    if not messages or messages[-1].get("role") != "assistant":
+        return ""
+    content = messages[-1].get("content")
+    if isinstance(content, list) and content and isinstance(content[-1], Mapping):
+        content = content[-1].get("text")
+    if not isinstance(content, str):
+        return ""
+    return content[len(content.rstrip()) :]
+
+
 def _content(content: Any) -> str | list[dict[str, Any]]:
     """Message content: a string stays one; a list of parts becomes blocks."""
     if content is None:
@@ -398,8 +413,11 @@ def rate_limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
 class _Answer:
     """What a stream has said so far: tool blocks, usage, stop reason."""
 
-    def __init__(self, member: Member) -> None:
+    def __init__(self, member: Member, lead: str = "") -> None:
         self.member = member
+        # Whitespace trimmed off a prefill (see _trim_prefill): the continuation says it
+        # again, and the caller has it already.
+        self.lead = lead
         self.tools: dict[Any, int] = {}  # block index → ordinal among tool blocks
         self.counts = {
             "input_tokens": 0,
@@ -420,6 +438,17 @@ class _Answer:
                 value = raw.get(name)
                 if isinstance(value, int):
                     self.counts[name] = value
+
+    def unlead(self, text: str) -> str:
+        """``text`` without the part of :attr:`lead` it starts with; a text that does not
+        start with it ends the matching."""
+        if not self.lead:
+            return text
+        n = 0
+        while n < len(text) and n < len(self.lead) and text[n] == self.lead[n]:
+            n += 1
+        self.lead = self.lead[n:] if n == len(text) else ""
+        return text[n:]
 
     def tool_start(self, index: Any, block: Mapping[str, Any]) -> Chunk:
         ordinal = self.tools[index] = len(self.tools)
@@ -443,7 +472,8 @@ class _Answer:
             if btype == "tool_use":
                 return self.tool_start(event.get("index"), block)
             if btype == "text" and block.get("text"):
-                return self.chunk(text=str(block["text"]))
+                text = self.unlead(str(block["text"]))
+                return self.chunk(text=text) if text else None
             if btype == "thinking" and block.get("thinking"):
                 return self.chunk(thinking=str(block["thinking"]))
         elif kind == "content_block_delta":
@@ -464,7 +494,8 @@ class _Answer:
     def _delta(self, index: Any, delta: Mapping[str, Any]) -> Chunk | None:
         dtype = delta.get("type")
         if dtype == "text_delta" and delta.get("text"):
-            return self.chunk(text=str(delta["text"]))
+            text = self.unlead(str(delta["text"]))
+            return self.chunk(text=text) if text else None
         if dtype == "thinking_delta" and delta.get("thinking"):
             return self.chunk(thinking=str(delta["thinking"]))
         if dtype == "signature_delta" and delta.get("signature"):
@@ -488,9 +519,9 @@ class _Answer:
         return self.chunk(finish_reason=finish, usage=usage, **fields)
 
 
-def _whole_message(payload: Mapping[str, Any], member: Member) -> Chunk:
+def _whole_message(payload: Mapping[str, Any], member: Member, lead: str = "") -> Chunk:
     """A whole Message (a server that ignored ``stream``) as one chunk."""
-    answer = _Answer(member)
+    answer = _Answer(member, lead)
     texts: list[str] = []
     thinking: list[str] = []
     signature = ""
@@ -509,7 +540,7 @@ def _whole_message(payload: Mapping[str, Any], member: Member) -> Chunk:
     answer.take_usage(payload.get("usage"))
     answer.stop_reason = payload.get("stop_reason") or "end_turn"
     return answer.final(
-        text="".join(texts),
+        text=answer.unlead("".join(texts)),
         thinking="".join(thinking),
         signature=signature,
         tool_calls=tuple(calls),
@@ -532,6 +563,7 @@ class AnthropicTransport:
         """Yield the member's answer as chunks; closing the iterator closes the connection."""
         body, headers = build_request(member, messages, params, wire)
         keep = passes_through(wire)
+        lead = "" if keep else trimmed_prefill(messages)
         url = endpoint(member)
         session = await pool()
         try:
@@ -546,11 +578,11 @@ class AnthropicTransport:
                 raise await _http_error(response, member)
             ctype = response.content_type
             if ctype == "text/event-stream":
-                async for chunk in _events(response, member, keep=keep):
+                async for chunk in _events(response, member, keep=keep, lead=lead):
                     yield chunk
             elif ctype == "application/json":
                 payload = await _json_body(response, member, url)
-                chunk = _whole_message(payload, member)
+                chunk = _whole_message(payload, member, lead)
                 yield replace(chunk, wire=(payload,)) if keep else chunk
             else:
                 raise TransportError(
@@ -571,14 +603,15 @@ class AnthropicTransport:
 
 
 async def _events(
-    response: aiohttp.ClientResponse, member: Member, *, keep: bool
+    response: aiohttp.ClientResponse, member: Member, *, keep: bool, lead: str = ""
 ) -> AsyncIterator[Chunk]:
     """The SSE events of a streamed answer, as chunks (see the module docstring).
 
     ``keep``: every event read rides on the next chunk (:attr:`Chunk.wire`), the rest
-    on the final one, for a client that gets the member's own events back.
+    on the final one, for a client that gets the member's own events back.  ``lead``:
+    whitespace trimmed off a prefill, left out of the continuation's first text.
     """
-    answer = _Answer(member)
+    answer = _Answer(member, lead)
     pending = b""
     name: str | None = None  # the last "event:" line, for data without a "type"
     kept: list[dict[str, Any]] = []
