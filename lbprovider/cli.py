@@ -592,8 +592,16 @@ def demo_command(as_json: bool, requests: int, state_dir: Path | None) -> None:
     default=None,
     help="stop after this many seconds (default: until Ctrl-C)",
 )
-def sim_command(port: int, behavior: str, duration: float | None) -> None:
-    """Run a simulated OpenAI-compatible backend on 127.0.0.1."""
+@click.option(
+    "--api",
+    type=click.Choice(["openai", "anthropic"]),
+    default="openai",
+    show_default=True,
+    help="the API you will point at it (it answers /v1/chat/completions and /v1/messages "
+    "either way)",
+)
+def sim_command(port: int, behavior: str, duration: float | None, api: str) -> None:
+    """Run a simulated OpenAI-compatible and Anthropic backend on 127.0.0.1."""
     from lbprovider import sim
 
     try:
@@ -601,7 +609,7 @@ def sim_command(port: int, behavior: str, duration: float | None) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc), field="--behavior", hint="see lbprovider sim --help") from None
     try:
-        sim.run_forever(parsed, port=port, duration=duration)
+        sim.run_forever(parsed, port=port, duration=duration, api=api)
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}",
