@@ -445,6 +445,9 @@ def _answer(asked: Asked, result: Result) -> dict[str, Any]:
     del asked
     if result.wire:
         events = [e for e in result.wire if _is_wire_event(e)]
+        whole = [e for e in events if e["type"] == "message"]
+        if whole:  # the member answered with one JSON message, not a stream
+            return {**whole[-1], "model": result.model}
         passed = _from_events(events, result.model) if events else None
         if passed is not None:
             return passed
@@ -517,7 +520,9 @@ class MessagesWriter:
         if self._stopped:
             return b""
         events = [e for e in chunk.wire if _is_wire_event(e)]
-        if events:
+        # A member that answered one JSON message instead of a stream: no events to
+        # send as they came, so the chunk is encoded like a translated one.
+        if events and not any(e["type"] == "message" for e in events):
             return b"".join(self._passed(e) for e in events)
         return self._translated(chunk)
 
@@ -669,7 +674,7 @@ class MessagesWriter:
 class MessagesForm:
     """The Anthropic Messages API (``POST /v1/messages``), as a gateway form."""
 
-    name = "messages"
+    name = "/v1/messages"
 
     def parse(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> Asked:
         """The request in the engine's terms, the body kept for Anthropic members."""
