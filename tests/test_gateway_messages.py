@@ -16,13 +16,13 @@ import pytest
 
 from lbprovider.gateway.messages import count_tokens
 from lbprovider.gateway.served import Alias
-from lbprovider.gateway.server import GatewayServer, ServeOptions
+from lbprovider.gateway.server import GatewayServer
 from lbprovider.profiles import Member
 from lbprovider.sim import SimServer
 from lbprovider.transport import Chunk, Usage, Wire
 from tests.conftest import WriteProfile, lb, member
+from tests.gateway_support import GW_KEY, StartGateway, gateway
 
-GW_KEY = "gw-messages-test-key-0123456789"
 SIM_TEXT = "Hello from the simulated backend."
 TOOLS = [
     {
@@ -34,9 +34,7 @@ TOOLS = [
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 
 Start = Callable[..., Awaitable[GatewayServer]]
-
-# The core on main still keys its application with strings (being changed there).
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+__all__ = ["gateway"]  # the fixture, imported for pytest
 
 
 @dataclass
@@ -77,21 +75,14 @@ class Replay:
 
 
 @pytest.fixture
-async def start(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Start]:
-    """Start in-process gateways on 127.0.0.1 port 0, ``claude-*`` aliased to ``coding``."""
-    monkeypatch.setenv("LBPROVIDER_STATE", "memory://")
-    monkeypatch.setenv("LBPROVIDER_SERVE_KEY", GW_KEY)
-    started: list[GatewayServer] = []
+def start(gateway: StartGateway) -> Start:
+    """In-process gateways (tests.gateway_support), ``claude-*`` aliased to ``coding``."""
 
-    async def run(**kwargs: Any) -> GatewayServer:
-        options = ServeOptions(port=0, drain_s=1.0, aliases=[Alias("claude-*", "coding")], **kwargs)
-        server = await GatewayServer(options).start()
-        started.append(server)
-        return server
+    async def run(**options: Any) -> GatewayServer:
+        options.setdefault("aliases", [Alias("claude-*", "coding")])
+        return await gateway(**options)
 
-    yield run
-    for server in started:
-        await server.close()
+    return run
 
 
 def coding(write_profile: WriteProfile, *urls: str, model: str = "sim-model") -> None:

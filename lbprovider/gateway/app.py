@@ -379,8 +379,9 @@ def build_app(gw: Gateway) -> web.Application:
     async def count_tokens(request: web.Request) -> web.Response:
         body = await _body(request)
         counted = messages.count_tokens(body)
-        request["log"]["model"] = body["model"]
-        request["log"]["lb"] = gw.served.resolve(body["model"])  # unknown: 404, as /v1/messages
+        log = request[EXCHANGE]
+        log.model = body["model"]
+        log.lb = gw.served.resolve(body["model"])  # unknown: 404, as on /v1/messages
         return web.json_response(counted)
 
     app.router.add_get("/health", health)
