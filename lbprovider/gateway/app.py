@@ -34,7 +34,7 @@ from lbprovider.errors import (
     RefusedError,
     RequestRejectedError,
 )
-from lbprovider.gateway import chat
+from lbprovider.gateway import chat, messages
 from lbprovider.gateway.forms import Asked, ErrorKind, Form
 from lbprovider.gateway.keys import ServeKeys, presented_key
 from lbprovider.gateway.metrics import GatewayMetrics, RequestOutcome
@@ -53,7 +53,7 @@ access_log = logging.getLogger("lbprovider.gateway.access")
 logger = logging.getLogger("lbprovider.gateway")
 
 # One module per API form; the Anthropic form answers errors on its paths too.
-FORMS: dict[str, Form] = {chat.FORM.name: chat.FORM}
+FORMS: dict[str, Form] = {chat.FORM.name: chat.FORM, messages.FORM.name: messages.FORM}
 RETRY_AFTER_MAX_S = 30  # SPEC §3.3: the Retry-After given when nothing could serve
 _KINDS_BY_STATUS = {
     400: ErrorKind.INVALID_REQUEST,
@@ -376,7 +376,16 @@ def build_app(gw: Gateway) -> web.Application:
         )
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def count_tokens(request: web.Request) -> web.Response:
+        body = await _body(request)
+        counted = messages.count_tokens(body)
+        log = request[EXCHANGE]
+        log.model = body["model"]
+        log.lb = gw.served.resolve(body["model"])  # unknown: 404, as on /v1/messages
+        return web.json_response(counted)
+
     app.router.add_get("/health", health)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/metrics", metrics)
     for path, form in FORMS.items():
