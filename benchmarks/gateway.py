@@ -22,7 +22,8 @@ Measured:
 ``--quick`` runs a quarter of the requests; ``--tiny`` a handful (a CI smoke test: under
 a minute, the proxy skipped if it does not answer within 20 s).  Writes
 ``benchmarks/results/gateway.json`` (``gateway-tiny.json`` for ``--tiny``, or ``--out``);
-``--docs`` also rewrites the Gateway section of docs/benchmarks.md.  Nothing here is a
+``--docs`` also rewrites the Gateway section of docs/benchmarks.md (``--report-only``:
+from the last results, without running).  Nothing here is a
 test: these are figures, compared as ratios within one run.
 """
 
@@ -50,14 +51,13 @@ from pathlib import Path
 from typing import Any
 
 from common import KEY, start_sim
+from compare import GATEWAY_MARK as DOCS_MARK  # compare.py keeps the section it starts
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 NOTES = ROOT / "benchmarks" / "gateway-notes.md"
 PROXY_CONFIG = ROOT / "docs" / "litellm-proxy.yaml"
-# compare.py keeps everything from this line on when it rewrites docs/benchmarks.md.
-DOCS_MARK = "<!-- benchmarks/gateway.py writes from here to the end -->"
 HEALTHY = "chunks=20,chunk_delay=0.01,prompt_tokens=20,completion_tokens=20"
 MESSAGES = [{"role": "user", "content": "Write a short answer."}]
 LB = "bench"
@@ -67,6 +67,7 @@ IMPORTS = "import aiohttp, click, pydantic, rich"
 REQUEST_CAP_S = 60.0
 TICKS = os.sysconf("SC_CLK_TCK")
 SYSTEMS = ("raw", "in-process", "serve", "proxy")
+FULL_COMMAND = "PYTHONPATH=$PWD .venv/bin/python benchmarks/gateway.py"
 
 
 @dataclass(frozen=True)
@@ -671,14 +672,23 @@ def main() -> None:
     size.add_argument("--tiny", action="store_true", help="a handful of requests (CI smoke)")
     parser.add_argument("--out", type=Path, help="results file (default benchmarks/results/)")
     parser.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md's section")
-    args = parser.parse_args()
-    sizes = TINY if args.tiny else QUICK if args.quick else FULL
-    command = "PYTHONPATH=$PWD .venv/bin/python benchmarks/gateway.py" + (
-        " --tiny" if args.tiny else " --quick" if args.quick else ""
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite docs/benchmarks.md's section from benchmarks/results/gateway.json",
     )
+    args = parser.parse_args()
+    if args.report_only:
+        results = json.loads((args.out or RESULTS / "gateway.json").read_text())
+        write_docs(markdown(results, results["meta"].get("command", FULL_COMMAND)))
+        print(f"wrote {DOCS}")
+        return
+    sizes = TINY if args.tiny else QUICK if args.quick else FULL
+    command = FULL_COMMAND + (" --tiny" if args.tiny else " --quick" if args.quick else "")
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lbprovider-gw-") as tmp:
         urls = [start_sim(stack, HEALTHY) for _ in range(3)]
         results = asyncio.run(run_all(sizes, Path(tmp), urls))
+    results["meta"]["command"] = command
     out = args.out or RESULTS / ("gateway-tiny.json" if args.tiny else "gateway.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
