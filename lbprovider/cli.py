@@ -334,6 +334,85 @@ def stats_command(ctx: click.Context, name: str | None, as_json: bool, reset: bo
         render_stats(report, console)
 
 
+@cli.command("top")
+@click.argument("name", required=False)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="seconds between redraws",
+)
+@click.option("--once", is_flag=True, help="print one frame and exit")
+@click.pass_context
+def top_command(ctx: click.Context, name: str | None, interval: float, once: bool) -> None:
+    """A live view of NAME (default: every load balancer with recorded state), from the
+    state store, so of every process sharing it. Ctrl-C quits."""
+    from lbprovider import ledger as ledger_mod
+    from lbprovider.clock import SystemClock
+    from lbprovider.profiles import LoadBalancerConfig
+    from lbprovider.state import default_store
+
+    profiles = _store(ctx)
+    state = default_store()
+    ledger = ledger_mod.Ledger(state)
+    configs: dict[str, LoadBalancerConfig] = {}
+    skipped: set[str] = set()
+    if name is not None:
+        configs[name] = _config_for_report(profiles, name)
+
+    def load(now: float) -> list[dict[str, Any]]:
+        # Without NAME, a load balancer that records its first request later joins the view.
+        names = [name] if name is not None else ledger_mod.recorded_profiles(ledger)
+        for recorded in names:
+            if recorded in configs or recorded in skipped:
+                continue
+            try:
+                configs[recorded] = _config_for_report(profiles, recorded)
+            except ConfigError as exc:
+                skipped.add(recorded)
+                _warn([f"recorded state for {recorded!r} skipped: {exc}"])
+        return [ledger_mod.report(configs[n], ledger, now) for n in names if n in configs]
+
+    from lbprovider import top
+    from lbprovider.report import console_for_tables
+
+    console = console_for_tables(pipe_width=None)
+    clock = SystemClock()
+    if once:
+        now = clock.now()
+        reports = load(now)
+        _require_store(
+            state,
+            "cannot be read, so there is nothing to show",
+            "start the Redis server, fix the state file, or point LBPROVIDER_STATE elsewhere",
+        )
+        if not reports:
+            click.echo("no recorded state yet (run a request first)", err=True)
+            return
+        console.print(top.render_frame(reports, now=now))
+        return
+
+    def notice() -> str | None:
+        if getattr(state, "degraded", False):
+            return "the state store cannot be reached (reconnecting): figures may be stale"
+        return None
+
+    top.run(load, console=console, interval_s=interval, clock=clock.now, notice=notice)
+
+
+def _config_for_report(profiles: ProfileStore, name: str) -> Any:
+    """Load balancer NAME for a report: members whose keys are not set here still show
+    (``top`` may watch from a machine that holds none of the keys)."""
+    from lbprovider.profiles import LoadBalancerProfile
+
+    path, profile = profiles.load(name)
+    if not isinstance(profile, LoadBalancerProfile):
+        return profiles.load_loadbalancer(name)  # its error: a member, not a load balancer
+    return profiles.resolve(name, profile, file=path, keys=False)
+
+
 def _require_store(state: Any, problem: str, hint: str) -> None:
     """A request may go on without its state store; a report of the store, or a change by
     hand that every process must see, cannot."""
@@ -513,8 +592,16 @@ def demo_command(as_json: bool, requests: int, state_dir: Path | None) -> None:
     default=None,
     help="stop after this many seconds (default: until Ctrl-C)",
 )
-def sim_command(port: int, behavior: str, duration: float | None) -> None:
-    """Run a simulated OpenAI-compatible backend on 127.0.0.1."""
+@click.option(
+    "--api",
+    type=click.Choice(["openai", "anthropic"]),
+    default="openai",
+    show_default=True,
+    help="the API you will point at it (it answers /v1/chat/completions and /v1/messages "
+    "either way)",
+)
+def sim_command(port: int, behavior: str, duration: float | None, api: str) -> None:
+    """Run a simulated OpenAI-compatible and Anthropic backend on 127.0.0.1."""
     from lbprovider import sim
 
     try:
@@ -522,7 +609,7 @@ def sim_command(port: int, behavior: str, duration: float | None) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc), field="--behavior", hint="see lbprovider sim --help") from None
     try:
-        sim.run_forever(parsed, port=port, duration=duration)
+        sim.run_forever(parsed, port=port, duration=duration, api=api)
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}",

@@ -36,6 +36,7 @@ from lbprovider.settings import LBSettings
 
 __all__ = [
     "NAME_PATTERN",
+    "NATIVE_PROVIDERS",
     "Continuation",
     "LoadBalancerConfig",
     "LoadBalancerProfile",
@@ -89,13 +90,18 @@ class Policy(StrEnum):
 class TransportKind(StrEnum):
     """How a member is called (SPEC §4.1)."""
 
-    NATIVE = "native"  # OpenAI-compatible HTTP + SSE, in process, no litellm
+    NATIVE = "native"  # the provider's own HTTP API (OpenAI-compatible, Anthropic), no litellm
     LITELLM = "litellm"  # litellm.acompletion, for every other provider
 
     @classmethod
     def default_for(cls, provider: str) -> TransportKind:
-        """``native`` for provider ``openai`` (whatever its base URL), else ``litellm``."""
-        return cls.NATIVE if provider.lower() == "openai" else cls.LITELLM
+        """``native`` for providers ``openai`` (whatever its base URL) and ``anthropic``,
+        else ``litellm``."""
+        return cls.NATIVE if provider.lower() in NATIVE_PROVIDERS else cls.LITELLM
+
+
+# The providers whose API the native transport speaks (SPEC §4.1, §4.2).
+NATIVE_PROVIDERS = frozenset({"openai", "anthropic"})
 
 
 class Continuation(StrEnum):
@@ -320,9 +326,27 @@ def parse_profile(data: Any, *, file: Path | None = None) -> Profile:
         LoadBalancerProfile if is_loadbalancer(data) or "profiles" in data else MemberProfile
     )
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc, file=file) from None
+    if isinstance(parsed, MemberProfile):
+        _check_transport(parsed, file=file, prefix="")
+    return parsed
+
+
+def _check_transport(member: MemberProfile, *, file: Path | None, prefix: str) -> None:
+    """A native member must be of a provider whose API the native transport speaks."""
+    if (
+        member.ephemeralSettings.transport is TransportKind.NATIVE
+        and member.provider.lower() not in NATIVE_PROVIDERS
+    ):
+        raise ProfileValidationError(
+            f"the native transport speaks providers {', '.join(sorted(NATIVE_PROVIDERS))}, "
+            f"not {member.provider!r}",
+            file=file,
+            field=f"{prefix}ephemeralSettings.transport",
+            hint='use "transport": "litellm", or provider "openai" for an OpenAI-compatible server',
+        )
 
 
 def parse_inline_member(data: Any, *, file: Path | None, field: str) -> InlineMember:
@@ -335,9 +359,11 @@ def parse_inline_member(data: Any, *, file: Path | None, field: str) -> InlineMe
             hint="list that load balancer's members directly instead",
         )
     try:
-        return InlineMember.model_validate(data)
+        parsed = InlineMember.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc, file=file, prefix=field) from None
+    _check_transport(parsed, file=file, prefix=f"{field}.")
+    return parsed
 
 
 def resolve_key(

@@ -193,6 +193,7 @@ class Recorder:
                 latency_ms=latency_ms,
                 first_chunk_ms=first_chunk_ms,
                 tokens=tokens,
+                at=now,
                 malformed=malformed,
                 continued=continued,
             ),

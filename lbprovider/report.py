@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["console_for_tables", "render_stats"]
+__all__ = ["PipeConsole", "console_for_tables", "render_stats"]
 
 _STATE_STYLE = {"closed": "green", "half-open": "yellow", "open": "red"}
 
@@ -35,11 +35,21 @@ def _when(epoch_ms: int | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def console_for_tables(*, stderr: bool = False) -> Console:
-    """A console for the tables: the terminal's width, or 100 columns into a pipe."""
-    console = Console(stderr=stderr)
-    if not console.is_terminal:
-        console = Console(stderr=stderr, width=100)
+class PipeConsole(Console):
+    """A rich console for which a closed pipe (``| head``) is the ``BrokenPipeError`` the
+    CLI ends quietly on (exit 0), where rich's own console would exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def console_for_tables(*, stderr: bool = False, pipe_width: int | None = 100) -> Console:
+    """A console for the tables: the terminal's width, or ``pipe_width`` columns into a
+    pipe (None: ``$COLUMNS``, else 80)."""
+    console = PipeConsole(stderr=stderr)
+    if not console.is_terminal and pipe_width is not None:
+        console = PipeConsole(stderr=stderr, width=pipe_width)
     return console
 
 

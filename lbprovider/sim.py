@@ -1,11 +1,15 @@
-"""Simulated OpenAI-compatible backends on loopback, for tests, the demo and benchmarks.
+"""Simulated OpenAI-compatible and Anthropic backends on loopback, for tests, the demo
+and benchmarks.
 
 One :class:`SimServer` is one backend: ``POST /v1/chat/completions`` answering in
 the real OpenAI formats (SSE ``chat.completion.chunk`` events ending in ``[DONE]``,
-a usage chunk when ``stream_options.include_usage`` is set, or one JSON object),
-with an injectable :class:`Behavior`: errors with optional ``Retry-After``, stalls
-before the headers or before the first content chunk, dropped connections, slow
-chunks, seeded flakiness, malformed SSE, tool calls.  It only binds 127.0.0.1.
+a usage chunk when ``stream_options.include_usage`` is set, or one JSON object), and
+``POST /v1/messages`` in the Anthropic Messages formats (``message_start``, content
+blocks with their deltas, ``ping``, ``message_delta``, ``message_stop``; errors as
+``{"type": "error", "error": {...}}``), with an injectable :class:`Behavior`: errors
+with optional ``Retry-After``, stalls before the headers or before the first content
+chunk, dropped connections, slow chunks, seeded flakiness, malformed SSE, tool calls,
+thinking and cache tokens.  It only binds 127.0.0.1.
 
     async with serve("status=503,retry_after=1") as backend:
         ...  # backend.url is the api_base; backend.hits counts requests
@@ -72,6 +76,9 @@ class Behavior:
     completion_tokens: int | None = None  # default: one per content chunk
     no_usage: bool = False  # never report usage (as some backends do)
     tool_call: bool = False  # answer with a call to the request's first tool
+    thinking: str = ""  # Anthropic: a thinking block (and its signature) before the text
+    cache_read: int = 0  # Anthropic: cache_read_input_tokens reported
+    cache_write: int = 0  # Anthropic: cache_creation_input_tokens reported
     # A trailing assistant message that is a prefix of `text` is continued: only the
     # rest is sent (what a member with `continuation: prefill` does).
     model: str | None = None  # model name reported back (default: the requested one)
@@ -158,6 +165,8 @@ class SimServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/chat/completions", self._handle)
+        app.router.add_post("/v1/messages", self._handle_messages)
+        app.router.add_post("/messages", self._handle_messages)
         app.router.add_get("/sim/stats", self._stats)
         # Cancel a handler when its client goes away: a stalled backend must notice
         # that the caller gave up (tests assert the upstream was closed).
@@ -269,6 +278,12 @@ class SimServer:
     # -- the endpoint --------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, anthropic=False)
+
+    async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, anthropic=True)
+
+    async def _serve(self, request: web.Request, *, anthropic: bool) -> web.StreamResponse:
         b = self.behavior
         await self._bump("hits")
         number = self._c.hits
@@ -292,8 +307,15 @@ class SimServer:
                 if b.flaky and self._rng.random() < b.flaky
                 else None
             )
-            if failing is not None:
-                resp: web.StreamResponse = self._error(failing, b, self._c.api_keys[-1])
+            key = self._c.api_keys[-1]
+            if failing is not None and anthropic:
+                resp: web.StreamResponse = _anthropic_error(failing, b, key)
+            elif failing is not None:
+                resp = self._error(failing, b, key)
+            elif anthropic and body.get("stream") and not b.ignore_stream:
+                resp = await self._stream_messages(request, body, b)
+            elif anthropic:
+                resp = web.json_response(self._message(body, b))
             elif body.get("stream") and not b.ignore_stream:
                 resp = await self._stream(request, body, b)
             else:
@@ -305,8 +327,9 @@ class SimServer:
 
     def _record(self, request: web.Request, body: dict[str, Any]) -> None:
         self._c.requests = [*self._c.requests[-(_MAX_RECORDED - 1) :], body]
+        # Anthropic's x-api-key, else a bearer token (what gateways' clients send).
         auth = request.headers.get("Authorization", "")
-        key = auth.removeprefix("Bearer ").strip()
+        key = request.headers.get("x-api-key") or auth.removeprefix("Bearer ").strip()
         self._c.api_keys = [*self._c.api_keys[-(_MAX_RECORDED - 1) :], key]
         self._c.headers = [*self._c.headers[-(_MAX_RECORDED - 1) :], dict(request.headers)]
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -358,11 +381,7 @@ class SimServer:
         # Near-equal character slices, so `chunks` content deltas arrive (at most one
         # per character of the text); a prefix the caller already has is left out.
         text = b.text[len(prefix) :] if prefix and b.text.startswith(prefix) else b.text
-        if not text:
-            return []
-        n = max(1, min(b.chunks, len(text)))
-        bounds = [round(i * len(text) / n) for i in range(n + 1)]
-        return [text[bounds[i] : bounds[i + 1]] for i in range(n)]
+        return _split(text, b.chunks)
 
     @staticmethod
     def _wants_tool(body: dict[str, Any], b: Behavior) -> dict[str, Any] | None:
@@ -466,6 +485,138 @@ class SimServer:
         await resp.write_eof()
         return resp
 
+    # -- Anthropic Messages answers --------------------------------------------------------
+
+    @staticmethod
+    def _wants_tool_use(body: dict[str, Any], b: Behavior) -> dict[str, Any] | None:
+        tools = body.get("tools") or []
+        if not (b.tool_call and tools) or _answers_tool(body):
+            return None
+        return {"name": tools[0].get("name", "tool"), "arguments": json.dumps({"city": "Paris"})}
+
+    def _anthropic_usage(self, b: Behavior, output: int) -> dict[str, int]:
+        return {
+            "input_tokens": b.prompt_tokens,
+            "cache_creation_input_tokens": b.cache_write,
+            "cache_read_input_tokens": b.cache_read,
+            "output_tokens": output,
+        }
+
+    def _message(self, body: dict[str, Any], b: Behavior) -> dict[str, Any]:
+        """A whole Message (a request without ``stream``, or ``ignore_stream``)."""
+        tool = self._wants_tool_use(body, b)
+        content: list[dict[str, Any]] = []
+        if b.thinking:
+            content.append({"type": "thinking", "thinking": b.thinking, "signature": SIGNATURE})
+        if tool:
+            arguments = json.loads(tool["arguments"])
+            content.append(
+                {"type": "tool_use", "id": TOOL_USE_ID, "name": tool["name"], "input": arguments}
+            )
+        else:
+            content.append({"type": "text", "text": "".join(self._pieces(b, _prefix(body)))})
+        completion = b.completion_tokens if b.completion_tokens is not None else b.chunks
+        return {
+            "id": "msg_sim",
+            "type": "message",
+            "role": "assistant",
+            "model": b.model or body.get("model", "sim"),
+            "content": content,
+            "stop_reason": "tool_use" if tool else "end_turn",
+            "stop_sequence": None,
+            "usage": self._anthropic_usage(b, completion),
+        }
+
+    async def _stream_messages(
+        self, request: web.Request, body: dict[str, Any], b: Behavior
+    ) -> web.StreamResponse:
+        """A streamed Message, in the event order of Anthropic's streaming docs."""
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        start: dict[str, Any] = {
+            "id": "msg_sim",
+            "type": "message",
+            "role": "assistant",
+            "model": b.model or body.get("model", "sim"),
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": self._anthropic_usage(b, 1),
+        }
+        await resp.write(_sse({"type": "message_start", "message": start}))
+        if b.stall_first_chunk:
+            await asyncio.sleep(b.stall_first_chunk)
+        if b.malformed:
+            await resp.write(b'event: content_block_delta\ndata: {"type": "content_block_d\n\n')
+        tool = self._wants_tool_use(body, b)
+        # (is a content delta, event): the behaviour's counts are over content deltas.
+        events: list[tuple[bool, dict[str, Any]]] = []
+
+        def block(index: int, opening: dict[str, Any], deltas: list[dict[str, Any]]) -> None:
+            events.append((False, {"type": "content_block_start", "index": index, **opening}))
+            if index == 0:
+                events.append((False, {"type": "ping"}))
+            events.extend(
+                (True, {"type": "content_block_delta", "index": index, "delta": d}) for d in deltas
+            )
+            events.append((False, {"type": "content_block_stop", "index": index}))
+
+        index = 0
+        if b.thinking:
+            pieces = _split(b.thinking, b.chunks)
+            deltas = [{"type": "thinking_delta", "thinking": p} for p in pieces]
+            deltas.append({"type": "signature_delta", "signature": SIGNATURE})
+            opening = {"content_block": {"type": "thinking", "thinking": "", "signature": ""}}
+            block(index, opening, deltas)
+            index += 1
+        if tool:
+            args = tool["arguments"]
+            use = {"type": "tool_use", "id": TOOL_USE_ID, "name": tool["name"], "input": {}}
+            opening = {"content_block": use}
+            pieces = [args[i : i + 8] for i in range(0, len(args), 8)]
+            block(index, opening, [{"type": "input_json_delta", "partial_json": p} for p in pieces])
+        else:
+            pieces = self._pieces(b, _prefix(body))
+            opening = {"content_block": {"type": "text", "text": ""}}
+            block(index, opening, [{"type": "text_delta", "text": p} for p in pieces])
+        sent = 0
+        for is_content, event in events:
+            if is_content:
+                if b.drop_after is not None and sent >= b.drop_after:
+                    return self._drop(request, resp)
+                if b.reset_after is not None and sent >= b.reset_after:
+                    return self._drop(request, resp, reset=True)
+                if b.stall_after is not None and sent >= b.stall_after:
+                    await asyncio.sleep(30)
+                if b.stream_error_after is not None and sent >= b.stream_error_after:
+                    error = {
+                        "type": "error",
+                        "error": {"type": "overloaded_error", "message": "Overloaded (simulated)"},
+                    }
+                    await resp.write(_sse(error))
+                    await resp.write_eof()
+                    return resp
+                if sent and b.chunk_delay:
+                    await asyncio.sleep(b.chunk_delay)
+                sent += 1
+            await resp.write(_sse(event))
+        if b.no_finish:
+            await resp.write_eof()
+            return resp
+        completion = b.completion_tokens if b.completion_tokens is not None else b.chunks
+        delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": completion},
+        }
+        await resp.write(_sse(delta))
+        if not b.no_done:
+            await resp.write(_sse({"type": "message_stop"}))
+        await resp.write_eof()
+        return resp
+
     @staticmethod
     def _drop(
         request: web.Request, resp: web.StreamResponse, *, reset: bool = False
@@ -487,7 +638,68 @@ def _prefix(body: dict[str, Any]) -> str:
     messages = body.get("messages") or []
     last = messages[-1] if messages else {}
     content = last.get("content") if isinstance(last, dict) else None
-    return content if last.get("role") == "assistant" and isinstance(content, str) else ""
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return ""
+    if isinstance(content, list):  # Anthropic text blocks
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+SIGNATURE = "c2ltdWxhdGVkLXNpZ25hdHVyZQ=="  # an opaque value, as Anthropic's are
+TOOL_USE_ID = "toolu_sim_1"
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    """One Anthropic SSE event: its type as the event name, the object as data."""
+    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+
+def _split(text: str, chunks: int) -> list[str]:
+    """Near-equal slices of ``text`` (at most one per character)."""
+    if not text:
+        return []
+    n = max(1, min(chunks, len(text)))
+    bounds = [round(i * len(text) / n) for i in range(n + 1)]
+    return [text[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+def _answers_tool(body: dict[str, Any]) -> bool:
+    """Whether the last message hands back tool results (then the sim answers in text)."""
+    messages = body.get("messages") or []
+    content = messages[-1].get("content") if messages else None
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type") == "tool_result" for p in content
+    )
+
+
+def _anthropic_error(status: int, b: Behavior, key: str = "") -> web.Response:
+    """An error in Anthropic's shape, with the behaviour's Retry-After."""
+    kind = _ANTHROPIC_ERRORS.get(status, "api_error")
+    message = b.error_message or {
+        "context_length_exceeded": "prompt is too long: 250000 tokens > 200000 maximum",
+    }.get(b.error_code or "", f"simulated {status} error")
+    if b.echo_key:
+        message += f" (invalid x-api-key: {key})"
+    headers = {}
+    if b.retry_after is not None:
+        headers["retry-after"] = f"{b.retry_after:g}"
+    if b.retry_after_date is not None:
+        headers["retry-after"] = email.utils.formatdate(
+            time.time() + b.retry_after_date, usegmt=True
+        )
+    if b.retry_after_ms is not None:
+        headers["retry-after-ms"] = f"{b.retry_after_ms:g}"
+    payload = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.json_response(payload, status=status, headers=headers)
 
 
 @contextlib.asynccontextmanager
@@ -536,12 +748,17 @@ def serve_in_thread(
         loop.close()
 
 
-def run_forever(behavior: Behavior, *, port: int = 0, duration: float | None = None) -> None:
-    """Serve until Ctrl-C (or ``duration`` seconds); prints the base URL."""
+def run_forever(
+    behavior: Behavior, *, port: int = 0, duration: float | None = None, api: str = "openai"
+) -> None:
+    """Serve until Ctrl-C (or ``duration`` seconds); prints the base URL.
+
+    ``api`` is only what the line says: one server answers both APIs, by path.
+    """
 
     async def main() -> None:
         async with serve(behavior, port=port) as server:
-            print(f"sim backend on {server.url} (behaviour: {behavior})", flush=True)
+            print(f"sim backend on {server.url} (api: {api}, behaviour: {behavior})", flush=True)
             stop = asyncio.Event()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=duration)

@@ -10,6 +10,7 @@ documented JSON shape from the stored records without touching litellm.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 _SAMPLES = 200  # first-chunk latencies kept per member, for percentiles
+RECENT_BUCKET_S = 10  # the recent (requests, failures) counts are kept per 10 seconds...
+RECENT_BUCKETS = 7  # ...for 70 s: every bucket that overlaps the last 60 s
 
 
 class Outcome(StrEnum):
@@ -58,6 +61,8 @@ class MemberMetrics:
     first_chunk_ms: tuple[float, ...] = field(default=())
     last_error: str | None = None
     last_error_at: float | None = None
+    # {floor(epoch / 10 s): (requests, failures)}, the last 70 s (``lbprovider top``)
+    recent: Mapping[int, tuple[int, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for the state store."""
@@ -76,6 +81,7 @@ class MemberMetrics:
             "firstChunkMs": list(self.first_chunk_ms),
             "lastError": self.last_error,
             "lastErrorAt": self.last_error_at,
+            "recent10s": [[k, r, f] for k, (r, f) in self.recent.items()],
         }
 
     @classmethod
@@ -99,6 +105,8 @@ class MemberMetrics:
             first_chunk_ms=tuple(d.get("firstChunkMs") or ()),
             last_error=d.get("lastError"),
             last_error_at=d.get("lastErrorAt"),
+            # A record written before recent counts existed has none: an empty window.
+            recent={int(k): (int(r), int(f)) for k, r, f in d.get("recent10s") or ()},
         )
 
     @property
@@ -115,6 +123,29 @@ class MemberMetrics:
         cuts = statistics.quantiles(self.first_chunk_ms, n=100, method="inclusive")
         return cuts[max(0, min(98, round(p) - 1))]
 
+    def recent_counts(self, now: float) -> tuple[int, int]:
+        """(requests, failures) of the 10-second buckets overlapping the last 60 s: at
+        least the last minute, at most 70 s of it (a failure 59 s ago is never missed)."""
+        oldest = math.floor(now / RECENT_BUCKET_S) - (RECENT_BUCKETS - 1)
+        requests = failures = 0
+        for bucket, (r, f) in self.recent.items():
+            if bucket >= oldest:
+                requests += r
+                failures += f
+        return requests, failures
+
+
+def _count_recent(
+    recent: Mapping[int, tuple[int, int]], at: float, failed: bool
+) -> dict[int, tuple[int, int]]:
+    """``recent`` with one attempt added at ``at``, buckets older than 70 s dropped."""
+    bucket = math.floor(at / RECENT_BUCKET_S)
+    oldest = bucket - (RECENT_BUCKETS - 1)
+    kept = {k: v for k, v in recent.items() if k >= oldest}
+    r, f = kept.get(bucket, (0, 0))
+    kept[bucket] = (r + 1, f + failed)
+    return kept
+
 
 def record_attempt(
     m: MemberMetrics,
@@ -129,13 +160,15 @@ def record_attempt(
     interrupted: bool = False,
     continued: bool = False,
 ) -> MemberMetrics:
-    """Count one finished attempt."""
+    """Count one finished attempt (``at``, when it ended, also counts it in the recent
+    window that ``lbprovider top`` shows)."""
     if outcome is Outcome.CANCELLED:
         return replace(m, cancelled=m.cancelled + 1)
     samples = m.first_chunk_ms
     if first_chunk_ms is not None:
         samples = (*samples[-(_SAMPLES - 1) :], round(first_chunk_ms, 3))
     ok = outcome is Outcome.SUCCESS
+    recent = m.recent if at is None else _count_recent(m.recent, at, not ok)
     return replace(
         m,
         requests=m.requests + 1,
@@ -150,6 +183,7 @@ def record_attempt(
         first_chunk_ms=samples,
         last_error=error if error is not None else m.last_error,
         last_error_at=at if error is not None else m.last_error_at,
+        recent=recent,
     )
 
 
@@ -181,6 +215,7 @@ def build_stats(
     for name in members:
         m = metrics.get(name, MemberMetrics())
         p50, p95 = m.first_chunk_percentile(50), m.first_chunk_percentile(95)
+        recent_requests, recent_failures = m.recent_counts(now)
         backend[name] = {
             "requests": m.requests,
             "successes": m.successes,
@@ -198,6 +233,7 @@ def build_stats(
             "firstChunkP95Ms": None if p95 is None else round(p95, 3),
             "lastError": m.last_error,
             "lastErrorAt": _ms(m.last_error_at),
+            "recent60s": {"requests": recent_requests, "failures": recent_failures},
         }
         b = breakers.get(name, BreakerRecord())
         states[name] = {

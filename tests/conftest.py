@@ -78,12 +78,13 @@ def member(
     eph: dict[str, Any] = {"base-url": base_url}
     if key is not None:
         eph["auth-key"] = key
-    if TRANSPORT["kind"] is not None:
-        eph["transport"] = TRANSPORT["kind"]
+    provider, kind = transport_of(TRANSPORT["kind"])
+    if kind is not None:
+        eph["transport"] = kind
     eph.update(settings)
     return {
         "version": 1,
-        "provider": "openai",
+        "provider": provider,
         "model": model,
         "modelParams": {},
         "ephemeralSettings": eph,
@@ -108,14 +109,35 @@ ENGINE_KEY = "sk-engine-test-key-5678"
 
 # The transport the members of `member()` and `make_lb` use: None is each provider's
 # default (native for openai); `both_transports` runs a test once with each.
+# "anthropic" is provider anthropic's native transport, against the same sim
+# (which answers /v1/messages too).
 TRANSPORT: dict[str, str | None] = {"kind": None}
 
 
-@pytest.fixture(params=["native", "litellm"])
+def transport_of(kind: str | None) -> tuple[str, str | None]:
+    """(provider, transport setting) of a `TRANSPORT` kind."""
+    if kind == "anthropic":
+        return "anthropic", "native"
+    return "openai", kind
+
+
+@pytest.fixture(params=["native", "litellm", "anthropic"])
 def both_transports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test over the native transport, then over litellm (SPEC §4.1: same rules)."""
+    """Run the test over the native transport, litellm, and the native Anthropic
+    transport (SPEC §4.1: same rules)."""
     monkeypatch.setitem(TRANSPORT, "kind", request.param)
     return str(request.param)
+
+
+def is_anthropic() -> bool:
+    """Whether `both_transports` runs this test over native Anthropic members."""
+    return TRANSPORT["kind"] == "anthropic"
+
+
+def skip_for_anthropic(reason: str) -> None:
+    """Skip a `both_transports` test that is about the OpenAI wire form itself."""
+    if TRANSPORT["kind"] == "anthropic":
+        pytest.skip(f"OpenAI-specific: {reason}")
 
 
 def make_lb(
@@ -131,12 +153,15 @@ def make_lb(
     member_settings: dict[str, dict[str, Any]] | None = None,
     rng: Any = None,
     on_event: Any = None,
+    provider: str | None = None,
     **settings: Any,
 ) -> Any:
     """A LoadBalancingProvider over sim servers (name -> SimServer or URL), memory store.
 
     Members use the transport kind of ``TRANSPORT`` (see ``both_transports``) unless
-    ``transport`` injects one transport for all; ``member_settings`` sets Member fields.
+    ``transport`` injects one transport for all; ``member_settings`` sets Member fields;
+    ``provider`` sets every member's provider (its default transport unless
+    ``TRANSPORT`` says otherwise).
     """
     from pydantic import SecretStr
 
@@ -145,15 +170,16 @@ def make_lb(
     from lbprovider.settings import LBSettings
     from lbprovider.state.memory import MemoryStore
 
+    default_provider, kind = transport_of(TRANSPORT["kind"])
     members = tuple(
         Member(
             name=n,
-            provider="openai",
+            provider=provider or default_provider,
             model=f"model-{n}",
             api_base=s if isinstance(s, str) else s.url,
             api_key=SecretStr((keys or {}).get(n, ENGINE_KEY)),
             model_params={},
-            transport=TransportKind(TRANSPORT["kind"]) if TRANSPORT["kind"] else None,
+            transport=TransportKind(kind) if kind else None,
             **(member_settings or {}).get(n, {}),
         )
         for n, s in servers.items()

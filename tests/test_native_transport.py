@@ -31,15 +31,16 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 def member_of(
     target: SimServer | str, kind: str = "native", key: str | None = SIM_KEY, **fields: Any
 ) -> Member:
-    """A member calling the sim (or a URL) through transport ``kind``."""
+    """A member calling the sim (or a URL) through transport ``kind`` ("anthropic": a
+    native member of provider anthropic)."""
     return Member(
         name="m",
-        provider="openai",
+        provider="anthropic" if kind == "anthropic" else "openai",
         model="sim-model",
         api_base=target if isinstance(target, str) else target.url,
         api_key=SecretStr(key) if key is not None else None,
         model_params=fields.pop("model_params", {}),
-        transport=TransportKind(kind),
+        transport=TransportKind("native" if kind == "anthropic" else kind),
         **fields,
     )
 
@@ -80,7 +81,7 @@ STATUS_CODES = {
 }
 
 
-@pytest.mark.parametrize("kind", ["native", "litellm"])
+@pytest.mark.parametrize("kind", ["native", "litellm", "anthropic"])
 @pytest.mark.parametrize("status", [400, 401, 402, 403, 404, 413, 422, 429, 500, 502, 503])
 async def test_each_status_is_carried(kind: str, status: int) -> None:
     """An error status reaches the engine as TransportError.status, not a network error."""
@@ -103,7 +104,7 @@ async def test_provider_error_code_is_carried(kind: str, code: str) -> None:
     assert (err.status, err.code) == (400, code)
 
 
-@pytest.mark.parametrize("kind", ["native", "litellm"])
+@pytest.mark.parametrize("kind", ["native", "litellm", "anthropic"])
 @pytest.mark.parametrize(
     ("behavior", "low", "high"),
     [
@@ -123,18 +124,18 @@ async def test_retry_after_in_three_forms(
     assert low <= err.retry_after <= high
 
 
-@pytest.mark.parametrize("kind", ["native", "litellm"])
+@pytest.mark.parametrize("kind", ["native", "litellm", "anthropic"])
 async def test_refused_connection_is_network_error_naming_host_and_port(kind: str) -> None:
     """A refused connection: network, no status, and the message names host and port."""
     port = closed_port()
     err = await failure(member_of(f"http://127.0.0.1:{port}/v1", kind))
     assert err.network and err.status is None
-    if kind == "native":
+    if kind != "litellm":
         assert f"127.0.0.1:{port}" in err.message
         assert "refused" in err.message.lower()
 
 
-@pytest.mark.parametrize("kind", ["native", "litellm"])
+@pytest.mark.parametrize("kind", ["native", "litellm", "anthropic"])
 async def test_reset_before_answer_is_network_error(kind: str) -> None:
     """A connection reset before any answer is a network error."""
     async with serve("reset") as s:
@@ -142,7 +143,7 @@ async def test_reset_before_answer_is_network_error(kind: str) -> None:
     assert err.network and err.status is None
 
 
-@pytest.mark.parametrize("kind", ["native", "litellm"])
+@pytest.mark.parametrize("kind", ["native", "litellm", "anthropic"])
 async def test_key_never_in_error_message(kind: str) -> None:
     """A provider that quotes the key back: the message carries no part of it."""
     key = "sk-quoted-back-by-the-provider-9876"
@@ -300,7 +301,7 @@ async def test_connection_reused_within_a_loop() -> None:
         assert s.peers[2] != s.peers[1]  # a closed pool is replaced by a new one
 
 
-@pytest.mark.parametrize("kind", ["native", "litellm"])
+@pytest.mark.parametrize("kind", ["native", "litellm", "anthropic"])
 async def test_max_output_tokens_caps_the_request(kind: str) -> None:
     """A request's max_tokens above the member's cap is lowered to it; below, untouched."""
     async with serve() as s:
@@ -310,7 +311,8 @@ async def test_max_output_tokens_caps_the_request(kind: str) -> None:
         await collect(m, {"max_tokens": 100})
         sent = s.requests
     assert sent[0]["max_tokens"] == 4096
-    assert sent[1]["max_completion_tokens"] == 4096
+    # The Messages API has one output cap, max_tokens.
+    assert sent[1]["max_tokens" if kind == "anthropic" else "max_completion_tokens"] == 4096
     assert sent[2]["max_tokens"] == 100
 
 

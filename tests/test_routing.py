@@ -20,9 +20,19 @@ from lbprovider.errors import (
 )
 from lbprovider.events import EventKind
 from lbprovider.profiles import Policy
-from lbprovider.sim import serve
+from lbprovider.sim import TOOL_USE_ID, serve
 from lbprovider.testing import FakeClock
-from tests.conftest import ENGINE_KEY, HI, METRIC_KEYS, SPEC_KEYS, make_lb
+from tests.conftest import (
+    ENGINE_KEY,
+    HI,
+    METRIC_KEYS,
+    SPEC_KEYS,
+    TRANSPORT,
+    is_anthropic,
+    make_lb,
+    skip_for_anthropic,
+    transport_of,
+)
 
 pytestmark = pytest.mark.usefixtures("both_transports")
 
@@ -76,6 +86,7 @@ async def test_roundrobin_fails_over_past_failing_member(fault: str) -> None:
 
 async def test_content_policy_refusal_ends_the_request() -> None:
     """A content-policy 400 is the answer, with the provider's reason: nobody else is asked."""
+    skip_for_anthropic("Anthropic has no content-policy error code (a refusal is a stop_reason)")
     async with serve("status=400,error_code=content_policy_violation") as a, serve() as b:
         lb = make_lb({"a": a, "b": b}, clock=FakeClock())
         with pytest.raises(RequestRejectedError) as info:
@@ -386,7 +397,9 @@ async def test_params_pass_through_and_member_wins() -> None:
         )
         body = a.requests[0]
         assert (body["temperature"], body["max_tokens"]) == (0.3, 7)
-        assert body["stream_options"] == {"include_usage": True}
+        assert body["stream"] is True
+        if not is_anthropic():
+            assert body["stream_options"] == {"include_usage": True}
         assert a.api_keys == ["sk-member-a-key-0001"]
 
 
@@ -407,7 +420,7 @@ async def test_tool_calls_stream_through() -> None:
         assert result.finish_reason == "tool_calls"
         assert result.tool_calls == [
             {
-                "id": "call_sim_1",
+                "id": TOOL_USE_ID if is_anthropic() else "call_sim_1",
                 "type": "function",
                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
             }
@@ -444,7 +457,7 @@ async def test_stats_after_mixed_run() -> None:
     served = [r.backend for r in results]
     assert stats["profileCounts"] == {n: served.count(n) for n in "abc"}
     assert stats["lastSelected"] == served[-1]
-    assert stats["lastSelectedModel"] == f"openai/model-{served[-1]}"
+    assert stats["lastSelectedModel"] == f"{transport_of(TRANSPORT['kind'])[0]}/model-{served[-1]}"
     for name, m in stats["backendMetrics"].items():
         assert set(m) >= METRIC_KEYS, name
         assert m["requests"] == m["successes"] + m["failures"]

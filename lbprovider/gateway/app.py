@@ -34,7 +34,7 @@ from lbprovider.errors import (
     RefusedError,
     RequestRejectedError,
 )
-from lbprovider.gateway import chat
+from lbprovider.gateway import chat, messages
 from lbprovider.gateway.forms import Asked, ErrorKind, Form
 from lbprovider.gateway.keys import ServeKeys, presented_key
 from lbprovider.gateway.metrics import GatewayMetrics, RequestOutcome
@@ -43,6 +43,7 @@ from lbprovider.ledger import Ledger
 from lbprovider.provider import LoadBalancingProvider
 from lbprovider.redaction import scrub
 from lbprovider.routing import RequestTrace
+from lbprovider.transport import Usage
 
 __all__ = ["FORMS", "Gateway", "Settings", "answer", "build_app", "status_of"]
 
@@ -52,7 +53,7 @@ access_log = logging.getLogger("lbprovider.gateway.access")
 logger = logging.getLogger("lbprovider.gateway")
 
 # One module per API form; the Anthropic form answers errors on its paths too.
-FORMS: dict[str, Form] = {chat.FORM.name: chat.FORM}
+FORMS: dict[str, Form] = {chat.FORM.name: chat.FORM, messages.FORM.name: messages.FORM}
 RETRY_AFTER_MAX_S = 30  # SPEC §3.3: the Retry-After given when nothing could serve
 _KINDS_BY_STATUS = {
     400: ErrorKind.INVALID_REQUEST,
@@ -88,6 +89,25 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+@dataclass
+class Exchange:
+    """What one request's access-log line says (never its prompt, never a key)."""
+
+    model: str | None = None
+    lb: str | None = None
+    member: str | None = None
+    status: int | str | None = None  # set when it differs from the response's
+    usage: Usage | None = None
+    first_ms: float | None = None
+    outcome: RequestOutcome = RequestOutcome.OK
+
+
+EXCHANGE = web.RequestKey("exchange", Exchange)
 
 
 def _form_for(path: str) -> Form:
@@ -154,12 +174,16 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 async def answer(gw: Gateway, form: Form, request: web.Request) -> web.StreamResponse:
     """The request path every form shares (see the module docstring)."""
-    log = request["log"]
+    log = request[EXCHANGE]
     asked = form.parse(await _body(request), request.headers)
-    log["model"] = asked.model
+    log.model = asked.model
     name = gw.served.resolve(asked.model)
-    log["lb"] = name
-    provider = gw.served.provider(name)
+    log.lb = name
+    try:
+        provider = gw.served.provider(name)
+    except ConfigError as exc:
+        # The served profile is broken: the operator's to fix, not the client's request.
+        return _error(form, 500, f"load balancer {name!r} cannot be used: {exc}")
     gw.inflight += 1
     gw.idle.clear()
     gauge = gw.metrics.inflight.labels(name)
@@ -174,13 +198,13 @@ async def answer(gw: Gateway, form: Form, request: web.Request) -> web.StreamRes
             outcome = RequestOutcome.OK
             return web.json_response(form.answer(asked, result), headers=_report(trace, asked))
         response = await _stream(form, asked, provider, trace, request)
-        outcome = request.get("outcome", RequestOutcome.OK)
+        outcome = log.outcome
         return response
     except asyncio.CancelledError:
         outcome = RequestOutcome.CANCELLED
         raise
     finally:
-        log.update(member=trace.backend, usage=trace.usage, first_ms=request.get("first_ms"))
+        log.member, log.usage = trace.backend, trace.usage
         gw.metrics.requests.labels(name, form.name, outcome.value).inc()
         if outcome is RequestOutcome.OK and trace.backend is not None:
             gw.metrics.served(trace.backend, trace.usage)
@@ -204,7 +228,7 @@ async def _stream(
             first = await anext(chunks)
         except StopAsyncIteration:
             first = None
-        request["first_ms"] = (time.monotonic() - started) * 1000
+        request[EXCHANGE].first_ms = (time.monotonic() - started) * 1000
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -222,8 +246,8 @@ async def _stream(
         except LBError as exc:
             # It broke after it started and no member could continue: the form's error
             # event, never a clean end (SPEC §11.3).
-            request["outcome"] = RequestOutcome.ERROR
-            request["log"]["status"] = "interrupted"
+            request[EXCHANGE].outcome = RequestOutcome.ERROR
+            request[EXCHANGE].status = "interrupted"
             await response.write(events.fail(503, ErrorKind.OVERLOADED, exc.message))
         else:
             await response.write(events.close(trace))
@@ -244,8 +268,7 @@ def _handler(gw: Gateway, form: Form) -> Callable[[web.Request], Awaitable[web.S
 async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """One access-log line per request; every failure in its endpoint's error form."""
     started = time.monotonic()
-    log: dict[str, Any] = {}
-    request["log"] = log
+    log = request[EXCHANGE] = Exchange()
     form = _form_for(request.path)
     status: int | str = 500
     try:
@@ -255,7 +278,8 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
     except web.HTTPException as exc:
         status = exc.status
         if exc.status == 413:
-            message = f"the body is larger than the limit of {request.app['max_body_mb']:g} MB"
+            limit = request.app[GATEWAY].settings.max_body_mb
+            message = f"the body is larger than the limit of {limit:g} MB"
         elif exc.status == 405:
             message = f"{request.method} is not allowed on {request.path}"
         elif exc.status == 404:
@@ -280,16 +304,15 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
         )
         return _error(form, 500, "internal error in the gateway")
     finally:
-        status = log.get("status", status)
-        usage = log.get("usage")
-        first = log.get("first_ms")
+        status = log.status or status
+        usage, first = log.usage, log.first_ms
         access_log.info(
             "%s %s model=%s lb=%s member=%s status=%s first_chunk_ms=%s total_ms=%.0f tokens=%s",
             request.method,
             request.path,
-            log.get("model", "-"),
-            log.get("lb", "-"),
-            log.get("member") or "-",
+            log.model or "-",
+            log.lb or "-",
+            log.member or "-",
             status,
             "-" if first is None else f"{first:.0f}",
             (time.monotonic() - started) * 1000,
@@ -326,8 +349,7 @@ def build_app(gw: Gateway) -> web.Application:
     """The aiohttp application of one gateway."""
     limit = int(gw.settings.max_body_mb * 1024 * 1024)
     app = web.Application(middlewares=[_errors, _doors(gw.settings)], client_max_size=limit)
-    app["max_body_mb"] = gw.settings.max_body_mb
-    app["gateway"] = gw
+    app[GATEWAY] = gw
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -354,7 +376,16 @@ def build_app(gw: Gateway) -> web.Application:
         )
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def count_tokens(request: web.Request) -> web.Response:
+        body = await _body(request)
+        counted = messages.count_tokens(body)
+        log = request[EXCHANGE]
+        log.model = body["model"]
+        log.lb = gw.served.resolve(body["model"])  # unknown: 404, as on /v1/messages
+        return web.json_response(counted)
+
     app.router.add_get("/health", health)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/metrics", metrics)
     for path, form in FORMS.items():

@@ -8,11 +8,13 @@ rules never meet litellm's, aiohttp's or an SDK's classes.
 
 - ``native`` (:mod:`lbprovider.transport.native`): OpenAI-compatible HTTP + SSE over
   aiohttp, one connection pool per event loop; no litellm, no SDK.
+- ``native`` for provider ``anthropic`` (:mod:`lbprovider.transport.anthropic`): the
+  Messages API over the same pool (SPEC §4.2).
 - ``litellm`` (:mod:`lbprovider.transport.litellm`): ``litellm.acompletion``, imported
   and warmed up on first use.
 
 :class:`TransportSet` picks a member's transport by its ``transport`` setting and
-builds each kind on first use, so a process whose members are all native never
+provider and builds each on first use, so a process whose members are all native never
 imports litellm.  Tests inject one transport for every member
 (:class:`lbprovider.testing.ScriptedTransport`).
 """
@@ -27,10 +29,12 @@ from enum import StrEnum
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
+from lbprovider.errors import ConfigError
 from lbprovider.profiles import Member, TransportKind
 from lbprovider.redaction import is_secret_name
 
 __all__ = [
+    "NATIVE_APIS",
     "RESERVED_KWARGS",
     "Api",
     "Chunk",
@@ -41,6 +45,7 @@ __all__ = [
     "Wire",
     "call_params",
     "host_port",
+    "member_api",
     "member_secrets",
     "parse_retry_after",
 ]
@@ -271,10 +276,28 @@ def host_port(url: str | None, default: str = "the backend") -> str:
     return f"{parts.hostname}:{port}" if parts.hostname else default
 
 
+def member_api(member: Member) -> Api | None:
+    """The wire API ``member`` speaks natively (a request in that form passes through
+    to it, SPEC §4.2), or None for a member called through litellm."""
+    if member.transport is not TransportKind.NATIVE:
+        return None
+    return NATIVE_APIS.get(member.provider.lower())
+
+
+# The providers the native transport speaks, by the API each one's members speak.
+NATIVE_APIS: dict[str, Api] = {"openai": Api.OPENAI_CHAT, "anthropic": Api.ANTHROPIC_MESSAGES}
+
+
 def _native() -> Transport:
     from lbprovider.transport.native import NativeTransport
 
     return NativeTransport()
+
+
+def _anthropic() -> Transport:
+    from lbprovider.transport.anthropic import AnthropicTransport
+
+    return AnthropicTransport()
 
 
 def _litellm() -> Transport:
@@ -283,27 +306,39 @@ def _litellm() -> Transport:
     return LiteLLMTransport()
 
 
-_FACTORIES: dict[TransportKind, Callable[[], Transport]] = {
-    TransportKind.NATIVE: _native,
-    TransportKind.LITELLM: _litellm,
+_FACTORIES: dict[Api | None, Callable[[], Transport]] = {
+    Api.OPENAI_CHAT: _native,
+    Api.ANTHROPIC_MESSAGES: _anthropic,
+    None: _litellm,
 }
 
 
 class TransportSet:
     """Which transport calls which member: one of each kind, built on first use.
 
+    A native member speaks its provider's API (:func:`member_api`); profile validation
+    refuses a native member of a provider the native transport does not speak.
     ``only`` replaces every kind with one transport (tests, benchmarks).
     """
 
     def __init__(self, only: Transport | None = None) -> None:
         self._only = only
-        self._built: dict[TransportKind, Transport] = {}
+        self._built: dict[Api | None, Transport] = {}
 
     def for_member(self, member: Member) -> Transport:
         """The transport that calls ``member``."""
         if self._only is not None:
             return self._only
-        transport = self._built.get(member.transport)
+        api = member_api(member)
+        if api is None and member.transport is TransportKind.NATIVE:
+            raise ConfigError(
+                f"member {member.name!r}: the native transport does not speak "
+                f"provider {member.provider!r}",
+                file=member.file,
+                field="ephemeralSettings.transport",
+                hint='use "transport": "litellm" for this provider',
+            )
+        transport = self._built.get(api)
         if transport is None:
-            transport = self._built[member.transport] = _FACTORIES[member.transport]()
+            transport = self._built[api] = _FACTORIES[api]()
         return transport

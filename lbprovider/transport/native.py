@@ -50,7 +50,7 @@ from lbprovider.transport import (
     parse_retry_after,
 )
 
-__all__ = ["DEFAULT_BASE_URL", "NativeTransport", "close_pool", "pool"]
+__all__ = ["DEFAULT_BASE_URL", "NativeTransport", "close_pool", "network_error", "pool"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CONNECT_TIMEOUT_S = 30.0
@@ -250,7 +250,7 @@ class NativeTransport:
                 url, data=json.dumps(body, ensure_ascii=False).encode(), headers=headers
             )
         except (aiohttp.ClientError, OSError) as exc:
-            raise _network_error(exc, member, url, connecting=True) from exc
+            raise network_error(exc, member, url, connecting=True) from exc
         done = False
         try:
             if response.status >= 400:
@@ -265,7 +265,7 @@ class NativeTransport:
                     yield chunk
             done = True
         except (aiohttp.ClientError, OSError) as exc:
-            raise _network_error(exc, member, url, connecting=False) from exc
+            raise network_error(exc, member, url, connecting=False) from exc
         finally:
             # A finished answer gives its connection back to the pool; anything else
             # (an error, the caller or a timeout closing us) closes it, so the backend
@@ -380,7 +380,7 @@ def _stream_error(event: Mapping[str, Any], member: Member) -> TransportError:
     )
 
 
-def _network_error(
+def network_error(
     exc: BaseException, member: Member, url: str, *, connecting: bool
 ) -> TransportError:
     if connecting:
