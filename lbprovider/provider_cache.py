@@ -24,7 +24,7 @@ from lbprovider.errors import ConfigError
 from lbprovider.profile_store import ProfileStore
 from lbprovider.provider import LoadBalancingProvider
 
-__all__ = ["ProviderCache", "loadbalancer_names"]
+__all__ = ["ProviderCache", "cached_provider", "loadbalancer_names"]
 
 Stamp = tuple[tuple[str, int, int], ...]
 
@@ -109,3 +109,27 @@ class ProviderCache:
             self._built.clear()
         else:
             self._built.pop(name, None)
+
+
+class _Shared:
+    """The process's caches, one per search path, for hosts that have no object of their
+    own to keep one in (the LiteLLM handler, the ``llm`` plugin)."""
+
+    store: object | None = None
+    caches: dict[tuple[Path, ...], ProviderCache] = {}  # noqa: RUF012 - reset with the store
+
+
+def cached_provider(name: str) -> LoadBalancingProvider:
+    """The built provider of load balancer ``name`` for this process's search path and
+    state store, reused until its profile files change (hosts call this per request)."""
+    from lbprovider.state import default_store
+
+    profiles = ProfileStore()
+    store = default_store()
+    if _Shared.store is not store:  # a new state store (tests reset it): build anew
+        _Shared.store, _Shared.caches = store, {}
+    key = tuple(profiles.dirs)
+    cache = _Shared.caches.get(key)
+    if cache is None:
+        cache = _Shared.caches[key] = ProviderCache(profiles, store=store)
+    return cache.get(name)

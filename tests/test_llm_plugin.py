@@ -99,8 +99,10 @@ def test_async(profiles: None) -> None:
     assert result.output == "pong from good\n"
 
 
-def test_options_and_system_prompt(profiles: None, sims: dict[str, SimServer]) -> None:
-    """Options and the system prompt reach the backend."""
+def test_options_and_system_prompt(
+    profiles: None, sims: dict[str, SimServer], both_transports: str
+) -> None:
+    """Options and the system prompt reach the backend (Anthropic's in its `system`)."""
     result = llm(
         "-m",
         "lb/pair",
@@ -117,10 +119,16 @@ def test_options_and_system_prompt(profiles: None, sims: dict[str, SimServer]) -
     assert result.exit_code == 0, result.output
     body = sims["good"].requests[-1]
     assert (body["temperature"], body["max_tokens"]) == (0.3, 50)
-    assert body["messages"] == [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "hi"},
-    ]
+    if both_transports == "anthropic":
+        assert (body["system"], body["messages"]) == (
+            "be brief",
+            [{"role": "user", "content": "hi"}],
+        )
+    else:
+        assert body["messages"] == [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"},
+        ]
 
 
 def test_chat_two_turns(profiles: None, sims: dict[str, SimServer]) -> None:

@@ -129,7 +129,7 @@ def _response(status: int) -> Any:
 
 
 def _provider(model: str) -> Any:
-    from lbprovider.provider import LoadBalancingProvider
+    from lbprovider.provider_cache import cached_provider
 
     name = _profile_name(model)
     allowed = os.environ.get(ALLOWED_ENV, "").strip()
@@ -140,7 +140,7 @@ def _provider(model: str) -> Any:
             llm_provider=PROVIDER,
         )
     try:
-        return LoadBalancingProvider.from_profile(name)
+        return cached_provider(name)
     except LBError as exc:
         raise to_litellm_error(exc, model) from exc
 

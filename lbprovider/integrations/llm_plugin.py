@@ -161,10 +161,10 @@ class _LBShared:
 
     def _provider(self) -> Any:
         from lbprovider.errors import LBError
-        from lbprovider.provider import LoadBalancingProvider
+        from lbprovider.provider_cache import cached_provider
 
         try:
-            return LoadBalancingProvider.from_profile(self.profile_name)
+            return cached_provider(self.profile_name)
         except LBError as exc:
             raise llm.ModelError(str(exc)) from exc
 
