@@ -121,6 +121,11 @@ def transport_of(kind: str | None) -> tuple[str, str | None]:
     return "openai", kind
 
 
+def member_provider() -> str:
+    """The member provider of the transport kind under test (``openai`` or ``anthropic``)."""
+    return transport_of(TRANSPORT["kind"])[0]
+
+
 @pytest.fixture(params=["native", "litellm", "anthropic"])
 def both_transports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test over the native transport, litellm, and the native Anthropic

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lbprovider.sim import SimServer, serve_in_thread
-from tests.conftest import WriteProfile, lb, member
+from tests.conftest import WriteProfile, lb, member, member_provider
 
 litellm = pytest.importorskip("litellm")
 pytestmark = pytest.mark.usefixtures("both_transports")
@@ -170,7 +170,8 @@ def test_tool_call_round_trip_streamed(profiles: None, sims: dict[str, SimServer
     assert calls[0]["name"] == "get_weather"
     assert json.loads(calls[0]["args"]) == {"city": "Paris"}
     assert finish == "tool_calls"
-    assert sims["tools"].requests[-1]["tools"][0]["function"]["name"] == "get_weather"
+    sent_tool = sims["tools"].requests[-1]["tools"][0]
+    assert sent_tool.get("name", sent_tool.get("function", {}).get("name")) == "get_weather"
     history = [
         *HI,
         {
@@ -191,7 +192,11 @@ def test_tool_call_round_trip_streamed(profiles: None, sims: dict[str, SimServer
     )
     assert text == "Sunny in Paris."
     sent = sims["tools"].requests[-1]["messages"]
-    assert sent[-1] == {"role": "tool", "tool_call_id": calls[0]["id"], "content": "sunny"}
+    if member_provider() == "anthropic":  # the result travels as a tool_result block
+        result = {"type": "tool_result", "tool_use_id": calls[0]["id"], "content": "sunny"}
+        assert sent[-1] == {"role": "user", "content": [result]}
+    else:
+        assert sent[-1] == {"role": "tool", "tool_call_id": calls[0]["id"], "content": "sunny"}
 
 
 def test_tool_call_non_stream(profiles: None) -> None:
@@ -215,7 +220,7 @@ def test_register_is_idempotent() -> None:
 def test_response_names_the_serving_member(profiles: None) -> None:
     """`model` is the serving member's provider/model; failover shows in the headers."""
     response = litellm.completion(model="lb/pair", messages=HI)
-    assert response.model == "openai/good-model"
+    assert response.model == f"{member_provider()}/good-model"
     headers = response._hidden_params["additional_headers"]
     assert headers["x-litellm-attempted-fallbacks"] == 1
     # litellm prefixes every provider header but its own x-litellm-* ones.
@@ -231,7 +236,7 @@ async def test_stream_chunks_name_the_serving_member(profiles: None) -> None:
     models = {
         chunk.model async for chunk in stream if chunk.choices and chunk.choices[0].delta.content
     }
-    assert models == {"openai/good-model"}
+    assert models == {f"{member_provider()}/good-model"}
 
 
 async def test_failing_stream_raises_before_it_is_handed_over(profiles: None) -> None:
