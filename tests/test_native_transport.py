@@ -390,3 +390,56 @@ def test_native_only_chat_imports_neither_litellm_nor_openai(
     assert "Hello from the simulated backend." in proc.stdout
     assert "HEAVY=\n" in proc.stderr
     assert "Unclosed" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("behavior", "reason"),
+    [
+        ("html", "answered text/html, not an event stream"),
+        ("all_malformed", "no readable event in the answer"),
+        ("not_completion", "answered with a body that is not a chat completion"),
+    ],
+)
+async def test_a_200_without_an_answer_is_a_failure_with_no_status(
+    behavior: str, reason: str
+) -> None:
+    """A 200 holding no readable answer fails with no status and says what came."""
+    async with serve(behavior) as s:
+        err = await failure(member_of(s))
+    assert err.status is None and not err.network
+    assert reason in err.message
+
+
+@pytest.mark.parametrize(
+    ("behavior", "reason"),
+    [
+        ("html", "answered text/html, not an event stream"),
+        ("all_malformed", "no readable event in the answer"),
+        ("not_completion", "answered with a body that is not a chat completion"),
+    ],
+)
+async def test_a_200_without_an_answer_fails_over(behavior: str, reason: str) -> None:
+    """The member is retried, then the next one serves; its lastError says what came."""
+    async with serve(behavior) as bad, serve() as good:
+        lb = make_lb({"alpha": bad, "bravo": good}, failover_retry_count=2)
+        result = await lb.complete(HI)
+    assert result.backend == "bravo"
+    assert result.text == "Hello from the simulated backend."
+    assert bad.hits == 2
+    assert reason in lb.stats()["backendMetrics"]["alpha"]["lastError"]
+
+
+async def test_cached_prompt_tokens_are_read() -> None:
+    """OpenAI's usage.prompt_tokens_details.cached_tokens becomes cache_read_tokens."""
+    async with serve("cached_tokens=7") as s:
+        chunks = await collect(member_of(s))
+    usage = chunks[-1].usage
+    assert usage is not None and usage.cache_read_tokens == 7
+
+
+@pytest.mark.parametrize("behavior", ["html", "not_completion"])
+async def test_litellm_200_without_an_answer_is_a_failure(behavior: str) -> None:
+    """Through litellm too, a 200 with nothing readable fails with no status."""
+    async with serve(behavior) as s:
+        err = await failure(member_of(s, "litellm"))
+    assert err.status is None and "no readable event in the answer" in err.message

@@ -238,10 +238,19 @@ class LiteLLMTransport:
         except Exception as exc:
             raise to_transport_error(exc, member) from exc
         try:
+            readable = False
             async for raw in response:
                 chunk = convert_chunk(raw, member)
                 if chunk is not None:
+                    readable = readable or bool(chunk.text or chunk.tool_calls or chunk.usage)
                     yield chunk
+            if not readable:
+                # litellm makes up a lone finish_reason for a body it could not read (an
+                # HTML page, a JSON object that is no completion): nothing came, which is
+                # a failure with no status, never an empty success.
+                raise TransportError("no readable event in the answer", member=member.name)
+        except TransportError:
+            raise
         except Exception as exc:
             raise to_transport_error(exc, member) from exc
         finally:
