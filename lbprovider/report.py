@@ -35,11 +35,22 @@ def _when(epoch_ms: int | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
+class _Console(Console):
+    """A rich console that leaves a closed pipe to the command line's exit-code map."""
+
+    def on_broken_pipe(self) -> None:
+        """Raise the error again: rich's own handling exits with 1, and SPEC §8 wants a
+        closed stdout pipe (``| head``) to end quietly with 0, decided in one place
+        (``lbprovider.cli.exit_code_for``)."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def console_for_tables(*, stderr: bool = False) -> Console:
     """A console for the tables: the terminal's width, or 100 columns into a pipe."""
-    console = Console(stderr=stderr)
+    console = _Console(stderr=stderr)
     if not console.is_terminal:
-        console = Console(stderr=stderr, width=100)
+        console = _Console(stderr=stderr, width=100)
     return console
 
 
