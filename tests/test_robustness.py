@@ -146,7 +146,8 @@ def test_profile_path_that_is_not_a_file(kind: str, profiles_dir: Path) -> None:
 @pytest.mark.parametrize("kind", ["fifo", "directory", "pasted-key"])
 def test_bad_keyfile(kind: str, write_profile: WriteProfile, tmp_path: Path) -> None:
     """An auth-keyfile that is a FIFO (which would block), a directory, or a key pasted
-    where a path belongs: a clear error, and a pasted key is not echoed."""
+    where a path belongs: a clear warning (the key cannot be resolved, SPEC §2.2), and a
+    pasted key is not echoed."""
     if kind == "fifo":
         value = str(tmp_path / "key.fifo")
         os.mkfifo(value)
@@ -158,7 +159,8 @@ def test_bad_keyfile(kind: str, write_profile: WriteProfile, tmp_path: Path) -> 
     write_profile("m2", member())
     write_profile("duo", lb(["m", "m2"], policy="roundrobin"))
     code, out, err = run("profiles", "validate", "m")
-    assert code == 2 and "ephemeralSettings.auth-keyfile" in err, err
+    assert code == 0 and "warn   m: key cannot be resolved now" in err, err
+    assert "ephemeralSettings.auth-keyfile" in err
     if kind == "pasted-key":
         no_secret(out, err)
         assert "redacted" in err
@@ -280,10 +282,13 @@ def test_home_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     home = tmp_path / "home-file"
     home.write_text("not a directory")
     monkeypatch.setenv("LBPROVIDER_HOME", str(home))
-    monkeypatch.setenv("LBPROVIDER_PROFILES_PATH", str(tmp_path / "profiles"))
+    # Members in two directories: a new load balancer would go to the home.
+    monkeypatch.setenv(
+        "LBPROVIDER_PROFILES_PATH", os.pathsep.join([str(tmp_path / "profiles"), str(tmp_path)])
+    )
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "a.json").write_text(json.dumps(member()))
-    (tmp_path / "profiles" / "b.json").write_text(json.dumps(member()))
+    (tmp_path / "b.json").write_text(json.dumps(member()))
     (tmp_path / "profiles" / "y.json").write_text(json.dumps(lb(["a", "b"])))
     code, _, err = run("profiles", "save-lb", "x", "a", "b", "--policy", "failover")
     assert code == 2 and "LBPROVIDER_HOME" in err
