@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -271,19 +271,35 @@ def host_port(url: str | None, default: str = "the backend") -> str:
     return f"{parts.hostname}:{port}" if parts.hostname else default
 
 
-def _native() -> Transport:
+def _native(member: Member) -> Transport:
     from lbprovider.transport.native import NativeTransport
 
     return NativeTransport()
 
 
-def _litellm() -> Transport:
-    from lbprovider.transport.litellm import LiteLLMTransport
+def _litellm(member: Member) -> Transport:
+    from lbprovider.transport.litellm import LiteLLMTransport, require_litellm
 
+    require_litellm(member)
     return LiteLLMTransport()
 
 
-_FACTORIES: dict[TransportKind, Callable[[], Transport]] = {
+def _check_native(member: Member) -> None:
+    """The native transports need nothing beyond the core install."""
+
+
+def _check_litellm(member: Member) -> None:
+    from lbprovider.transport.litellm import require_litellm
+
+    require_litellm(member)
+
+
+_CHECKS: dict[TransportKind, Callable[[Member], None]] = {
+    TransportKind.NATIVE: _check_native,
+    TransportKind.LITELLM: _check_litellm,
+}
+
+_FACTORIES: dict[TransportKind, Callable[[Member], Transport]] = {
     TransportKind.NATIVE: _native,
     TransportKind.LITELLM: _litellm,
 }
@@ -299,11 +315,18 @@ class TransportSet:
         self._only = only
         self._built: dict[TransportKind, Transport] = {}
 
+    def check(self, members: Iterable[Member]) -> None:
+        """Raise :class:`~lbprovider.errors.ConfigError` naming the first member whose
+        transport is not installed (litellm is an extra), before any request starts."""
+        if self._only is None:
+            for member in members:
+                _CHECKS[member.transport](member)
+
     def for_member(self, member: Member) -> Transport:
         """The transport that calls ``member``."""
         if self._only is not None:
             return self._only
         transport = self._built.get(member.transport)
         if transport is None:
-            transport = self._built[member.transport] = _FACTORIES[member.transport]()
+            transport = self._built[member.transport] = _FACTORIES[member.transport](member)
         return transport

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import re
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from lbprovider.errors import TransportError
+from lbprovider.errors import ConfigError, TransportError
 from lbprovider.profiles import Member
 from lbprovider.redaction import scrub
 from lbprovider.transport import (
@@ -33,7 +34,14 @@ from lbprovider.transport import (
     parse_retry_after,
 )
 
-__all__ = ["LiteLLMTransport", "convert_chunk", "to_transport_error", "warm_up"]
+__all__ = [
+    "INSTALL_HINT",
+    "LiteLLMTransport",
+    "convert_chunk",
+    "require_litellm",
+    "to_transport_error",
+    "warm_up",
+]
 
 # litellm's classes for a request the provider refused on its content, by error code.
 _CODE_OF_CLASS = {
@@ -128,6 +136,31 @@ def to_transport_error(exc: BaseException, member: Member) -> TransportError:
         network=network,
         timeout=bool(names & _TIMEOUT_CLASSES) or status == 408,
     )
+
+
+INSTALL_HINT = "pip install 'lbprovider[litellm]'"
+
+
+def require_litellm(member: Member) -> None:
+    """Raise :class:`ConfigError` naming ``member`` when litellm is not installed.
+
+    litellm is an extra (``lbprovider[litellm]``); only members of providers the native
+    transports do not speak need it.  Looks for the module without importing it (that
+    costs seconds).
+    """
+    try:
+        found = importlib.util.find_spec("litellm") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError(
+            f"member {member.name!r} ({member.litellm_model}) uses the litellm transport, "
+            "and litellm is not installed",
+            file=member.file,
+            field="ephemeralSettings.transport",
+            hint=f"run {INSTALL_HINT}, or give the member a provider the native transports "
+            "speak (openai-compatible, anthropic)",
+        )
 
 
 def _load_litellm() -> Any:
