@@ -322,9 +322,11 @@ def convert_chunk(raw: Any, member: Member) -> Chunk | None:
     usage = None
     raw_usage = getattr(raw, "usage", None)
     if raw_usage is not None:
+        details = getattr(raw_usage, "prompt_tokens_details", None)
         usage = Usage(
             prompt_tokens=int(raw_usage.prompt_tokens or 0),
             completion_tokens=int(raw_usage.completion_tokens or 0),
+            cache_read_tokens=int(getattr(details, "cached_tokens", None) or 0),
         )
     if not (text or tools or finish or usage):
         return None
