@@ -155,15 +155,20 @@ def table(results: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def main(runs: int) -> None:
-    """Measure, print the table, save the results."""
+def main(runs: int, *, write: bool = True) -> None:
+    """Measure, print the table, save the results (unless ``write`` is False)."""
     results = measure(runs)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cold_start.json").write_text(json.dumps(results, indent=2))
+    if write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "cold_start.json").write_text(json.dumps(results, indent=2))
     print("\n".join(table(results)))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    main(parser.parse_args().runs)
+    parser.add_argument(
+        "--tiny", action="store_true", help="a smoke run: one run each, writes nothing"
+    )
+    args = parser.parse_args()
+    main(1 if args.tiny else args.runs, write=not args.tiny)

@@ -311,7 +311,15 @@ def run_in_subprocess(
 
 
 async def selection_cost(sizes: tuple[int, ...], rounds: int) -> dict[str, dict[int, float]]:
-    """Microseconds per selection as the member count grows, both routers, in-process."""
+    """Microseconds per selection as the member count grows, both routers, in-process.
+
+    Ours is measured at every size before litellm is imported: a garbage collection
+    walks every live object, so litellm's modules (and a 300-member Router left alive)
+    would add their walk to whichever router is measured next, as a per-call cost that
+    grows with nothing of ours.  Each measurement starts after a full collection.
+    """
+    import gc
+
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     from lbprovider.clock import SystemClock, real_sleep
     from lbprovider.routing import Router
@@ -330,21 +338,26 @@ async def selection_cost(sizes: tuple[int, ...], rounds: int) -> dict[str, dict[
         )
         selection = ours.selection
         for _ in range(50):
-            start = await selection.start()
-            await selection.admit(ours.config.members[start.index])
+            start, known = await selection.start()
+            await selection.admit(ours.config.members[start.index], known=known)
+        gc.collect()
         t0 = time.perf_counter()
         for _ in range(rounds):
-            start = await selection.start()
-            await selection.admit(ours.config.members[start.index])
+            start, known = await selection.start()
+            await selection.admit(ours.config.members[start.index], known=known)
         out["lbprovider"][n] = (time.perf_counter() - t0) / rounds * 1e6
-
+        del ours, selection
+    for n in sizes:
+        urls = [f"http://127.0.0.1:{9000 + i}/v1" for i in range(n)]
         theirs = router_for(urls)
         for _ in range(50):
             await theirs.async_get_available_deployment(model="bench", request_kwargs={})
+        gc.collect()
         t0 = time.perf_counter()
         for _ in range(rounds):
             await theirs.async_get_available_deployment(model="bench", request_kwargs={})
         out["router"][n] = (time.perf_counter() - t0) / rounds * 1e6
+        del theirs
     return out
 
 
@@ -680,9 +693,34 @@ if __name__ == "__main__":
     parser.add_argument(
         "--only", help="rerun the scenarios whose name contains this, into the last results"
     )
+    parser.add_argument(
+        "--selection",
+        action="store_true",
+        help="only the selection cost (3 to 1000 members); prints, writes nothing",
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a smoke run (selection at 3 and 30 members, one scenario of 2 requests on "
+        "raw and lb-native): prints, writes nothing",
+    )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.report_only:
+    if args.selection or args.tiny:
+        sizes, rounds = ((3, 30), 20) if args.tiny else ((3, 30, 300, 1000), 2000)
+        for system, row in asyncio.run(selection_cost(sizes, rounds)).items():
+            cells = "  ".join(f"{n} members {us:.1f} µs" for n, us in row.items())
+            print(f"selection {system:10} {cells}", flush=True)
+    if args.tiny:
+        with ExitStack() as stack:
+            urls = start_backends(stack, None, UNPACED)
+            for system in ("raw", "lb-native"):
+                run = summarise(run_in_subprocess(system, urls, 1, 2))
+                print(f"tiny {system:10} success {run['success_rate']:.0%}", flush=True)
+                assert run["success_rate"] == 1.0, run
+    elif args.selection:
+        pass
+    elif args.report_only:
         report(json.loads((RESULTS / "compare.json").read_text()))
     elif args.run_one:
         spec = json.loads(args.run_one)

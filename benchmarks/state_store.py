@@ -239,7 +239,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--stores", default=",".join(STORES), help="comma-separated (memory is always measured)"
     )
+    parser.add_argument(
+        "--tiny", action="store_true", help="a smoke run: a few requests, writes nothing"
+    )
     args = parser.parse_args()
+    if args.tiny:
+        args.requests, args.e2e, args.trials = 20, 5, 2
     chosen = ["memory", *(s for s in args.stores.split(",") if s in STORES and s != "memory")]
     with tempfile.TemporaryDirectory() as tmpdir:
         server = ValkeyServer(Path(tmpdir))
@@ -253,7 +258,8 @@ if __name__ == "__main__":
         finally:
             server.stop()
     found["date"] = time.strftime("%Y-%m-%d")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "state_store.json").write_text(json.dumps(found, indent=2))
+    if not args.tiny:
+        out = Path(__file__).parent / "results"
+        out.mkdir(exist_ok=True)
+        (out / "state_store.json").write_text(json.dumps(found, indent=2))
     print(tables({k: v for k, v in found.items() if k != "date"}))

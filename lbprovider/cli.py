@@ -112,7 +112,12 @@ def profiles_list(ctx: click.Context) -> None:
     width = max(len(e.name) for e in entries)
     for e in entries:
         v = results[e.name]
-        kind = v.kind if v.ok else "INVALID (run 'profiles validate')"
+        if not v.ok:
+            kind = "INVALID (run 'profiles validate')"
+        elif v.warnings:
+            kind = f"{v.kind} (warnings: run 'profiles validate')"
+        else:
+            kind = v.kind
         click.echo(f"{e.name:<{width}}  {kind}  {e.path}")
         for shadowed in e.shadowed:
             click.echo(f"{'':<{width}}  (shadows {shadowed})")
@@ -191,7 +196,8 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
     "--dir",
     "directory",
     type=click.Path(file_okay=False, path_type=Path),
-    help="write here instead of <home>/profiles",
+    help="write a new load balancer here (default: its members' directory when they share "
+    "one, else <home>/profiles)",
 )
 @click.pass_context
 def profiles_save_lb(

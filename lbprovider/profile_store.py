@@ -289,8 +289,8 @@ class ProfileStore:
 
         Duplicates keep their first position (warning); a member that is itself a
         load balancer is an error; a member whose key cannot be resolved is left out with
-        a warning (``keys`` False: keys are not resolved at all, as when saving); too few
-        usable members is an error.
+        a warning (``keys`` False, as when saving: the member stays, and a key that cannot
+        be resolved now is only a warning, SPEC §2.2); too few usable members is an error.
         """
         warnings: list[str] = []
         members: list[Member] = []
@@ -339,18 +339,24 @@ class ProfileStore:
                 )
             seen[member_name] = i
             key = None
-            if keys:
-                try:
-                    key = resolve_key(
-                        parsed,
-                        file=member_file,
-                        field_prefix="" if isinstance(entry, str) else f"{where}.",
-                        env=self._env,
-                    )
-                except ConfigError as exc:
+            try:
+                key = resolve_key(
+                    parsed,
+                    file=member_file,
+                    field_prefix="" if isinstance(entry, str) else f"{where}.",
+                    env=self._env,
+                )
+            except ConfigError as exc:
+                if keys:
                     # SPEC §2.2: an unusable member is left out like a missing one.
                     warnings.append(f"{where}: member {member_name!r} left out: {exc}")
                     continue
+                # Saving: the member is saved and left out at use until its key resolves.
+                warnings.append(
+                    f"{where}: member {member_name!r} is left out until its key can be "
+                    f"resolved: {exc}"
+                )
+                key = None
             members.append(
                 Member(
                     name=member_name,
@@ -417,8 +423,13 @@ class ProfileStore:
                     _unknown_setting_warnings(profile.ephemeralSettings.extra_keys)
                 )
             else:
-                resolve_key(profile, file=path, env=self._env)
                 result.kind = f"member ({profile.provider}/{profile.model})"
+                try:
+                    resolve_key(profile, file=path, env=self._env)
+                except ConfigError as exc:
+                    # The profile is sound; its key is missing here and now (SPEC §2.2):
+                    # load balancers leave it out until it resolves, with a warning.
+                    result.warnings.append(f"key cannot be resolved now: {exc}")
         except ConfigError as exc:
             result.errors.append(exc)
         return result
@@ -481,7 +492,9 @@ class ProfileStore:
             "modelParams": {},
             "ephemeralSettings": dict(settings or {}),
         }
-        target = (directory or (existing.parent if existing else self.write_dir)) / f"{name}.json"
+        if directory is None:
+            directory = existing.parent if existing else self._members_dir(members)
+        target = directory / f"{name}.json"
         try:
             config = self._check_lb(name, data, file=target)
         except ConfigError as exc:
@@ -496,6 +509,17 @@ class ProfileStore:
         _make_dir(target.parent)
         with profile_lock(target):
             return self.write(name, data, directory=target.parent), config
+
+    def _members_dir(self, members: list[str]) -> Path:
+        """Where a new load balancer goes: the one search-path directory all its members
+        come from (a project's ``.lbprovider/profiles/``, so it travels with them), else
+        ``write_dir``."""
+        paths = [self.find(m) if _valid_name(m) else None for m in members]
+        parents = {p.parent for p in paths if p is not None}
+        if None in paths or len(parents) != 1:
+            return self.write_dir
+        (only,) = parents
+        return only if only in self.dirs else self.write_dir
 
     def push(self, name: str, member: str) -> tuple[Path, LoadBalancerConfig]:
         """Append ``member`` to load balancer ``name``'s list, with validation."""

@@ -91,6 +91,10 @@ class LoadBalancingProvider:
         on_event: EventHook | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        # A member whose transport is not installed is a configuration error, found
+        # before the state store opens or any request starts.
+        transports = TransportSet(transport)
+        transports.check(config.members)
         self.config = config
         self.store = store if store is not None else default_store()
         self.clock = clock or SystemClock()
@@ -98,7 +102,7 @@ class LoadBalancingProvider:
         self._router = Router(
             config,
             store=self.store,
-            transports=TransportSet(transport),
+            transports=transports,
             clock=self.clock,
             sleep=sleep or real_sleep,
             hooks=hooks,

@@ -25,6 +25,7 @@ from lbprovider.events import Event, EventHook, EventKind
 from lbprovider.ledger import Key, Ledger, breaker_key, lb_key, metrics_key, tpm_key
 from lbprovider.profiles import LoadBalancerConfig, Member, Policy
 from lbprovider.selection import state_changes
+from lbprovider.transport import Usage
 
 __all__ = ["Recorder"]
 
@@ -171,11 +172,12 @@ class Recorder:
         failback: bool,
         latency_ms: float,
         first_chunk_ms: float,
-        tokens: int,
+        usage: Usage,
         malformed: int,
         continued: bool = False,
     ) -> None:
-        """A member served the whole answer (``continued``: the end of an interrupted one)."""
+        """A member served the whole answer (``continued``: the end of an interrupted one);
+        ``usage``: what it was billed for, counted in its tokens and TPM."""
         now, policy, failover = self.clock.now(), self.breaker_policy, self._failover
 
         def lb_step(r: policies.LBRecord) -> policies.LBRecord:
@@ -192,14 +194,16 @@ class Recorder:
                 stats.Outcome.SUCCESS,
                 latency_ms=latency_ms,
                 first_chunk_ms=first_chunk_ms,
-                tokens=tokens,
+                tokens=usage.total_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
                 at=now,
                 malformed=malformed,
                 continued=continued,
             ),
             # Only a probe's success changes a breaker; anything else need not wait.
             breaker_step=(lambda r: brk.on_success(r, now, policy, probe=True)) if probe else None,
-            tokens=tokens,
+            tokens=usage.total_tokens,
             lb_step=lb_step,
             # Moving the sticky index must be in place before the next request starts.
             wait=failback or (failover and index != start_index),
@@ -226,9 +230,12 @@ class Recorder:
         latency_ms: float,
         first_chunk_ms: float,
         malformed: int,
+        usage: Usage | None = None,
     ) -> None:
         """The member's stream broke after text reached the caller: its failure (an
-        interruption), never replayed.  The request is counted by whoever ends it."""
+        interruption), never replayed.  The request is counted by whoever ends it;
+        ``usage``, what the member was billed for all the same, counts in its tokens and
+        TPM."""
         now, policy, failover = self.clock.now(), self.breaker_policy, self._failover
         following = (index + 1) % len(self.config.members)
 
@@ -246,8 +253,12 @@ class Recorder:
                 at=now,
                 malformed=malformed,
                 interrupted=True,
+                tokens=usage.total_tokens if usage else 0,
+                cache_read_tokens=usage.cache_read_tokens if usage else 0,
+                cache_write_tokens=usage.cache_write_tokens if usage else 0,
             ),
             breaker_step=lambda r: brk.on_failure(r, now, policy, err.retry_after, probe=probe),
+            tokens=usage.total_tokens if usage else None,
             lb_step=lb_step if failover else None,
             wait=failover,
         )

@@ -36,10 +36,12 @@ def _when(epoch_ms: int | None) -> str:
 
 
 class PipeConsole(Console):
-    """A rich console for which a closed pipe (``| head``) is the ``BrokenPipeError`` the
-    CLI ends quietly on (exit 0), where rich's own console would exit 1."""
+    """A rich console that leaves a closed pipe to the command line's exit-code map."""
 
     def on_broken_pipe(self) -> None:
+        """Raise the error again: rich's own handling exits with 1, and SPEC §8 wants a
+        closed stdout pipe (``| head``) to end quietly with 0, decided in one place
+        (``lbprovider.cli.exit_code_for``)."""
         self.quiet = True
         raise BrokenPipeError
 

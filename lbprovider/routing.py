@@ -15,7 +15,7 @@ import contextlib
 import datetime as dt
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 from lbprovider import breaker as brk
@@ -372,6 +372,9 @@ class Router:
             usage: Usage | None = None
             malformed = 0
             error: BackendError | None = None
+            # What earlier members of a continued answer were billed for: the caller's
+            # usage is the sum (SPEC v3 §11.3), this member's own counts in its stats.
+            before = req.trace.usage
             rest = self._rest_of(opened)
             try:
                 if opened.first is not None:
@@ -379,7 +382,7 @@ class Router:
                     usage, malformed = first.usage, first.malformed
                     tool_call = tool_call or bool(first.tool_calls)
                     delivered.append(first.text)
-                    yield first
+                    yield _with_billed(first, before)
                     async for chunk in rest:
                         if chunk.malformed:
                             malformed += chunk.malformed
@@ -390,7 +393,7 @@ class Router:
                         if chunk.tool_calls:
                             tool_call = True
                         delivered.append(chunk.text)
-                        yield chunk
+                        yield _with_billed(chunk, before)
             except (asyncio.CancelledError, GeneratorExit):
                 raise  # the caller stopped: the backend did serve, so it still counts a success
             except Exception as exc:
@@ -427,6 +430,12 @@ class Router:
         member, cand = opened.member, opened.candidate
         probe = await self._drop_probe(req, cand.index)
         latency = (self.clock.monotonic() - opened.started) * 1000
+        # What this member was billed for, counted in its tokens and TPM; an answer that
+        # several members produced reports the sum (SPEC v3 §11.3). A broken stream
+        # rarely carried its usage (it comes last): estimated from what was sent and read.
+        billed = usage or Usage(completion_tokens=window.estimate_tokens(req.messages, text))
+        previous = req.trace.usage
+        req.trace.usage = billed if previous is None else previous + billed
         if error is not None:
             await self.recorder.broke(
                 member,
@@ -437,13 +446,12 @@ class Router:
                 latency_ms=latency,
                 first_chunk_ms=opened.first_chunk_ms,
                 malformed=malformed,
+                usage=billed,
             )
             req.trace.failures.append(
                 MemberFailure(member.name, error.reason(), status=error.status, kind=error.kind)
             )
             return
-        tokens = usage.total_tokens if usage else window.estimate_tokens(req.messages, text)
-        req.trace.usage = usage or Usage(completion_tokens=tokens)
         await self.recorder.served(
             member,
             cand.index,
@@ -453,7 +461,7 @@ class Router:
             failback=cand.failback,
             latency_ms=latency,
             first_chunk_ms=opened.first_chunk_ms,
-            tokens=tokens,
+            usage=billed,
             malformed=malformed,
             continued=opened.continued,
         )
@@ -485,6 +493,13 @@ class Router:
             opened.continued = True
             return opened
         return None
+
+
+def _with_billed(chunk: Chunk, before: Usage | None) -> Chunk:
+    """``chunk`` with its usage counting what earlier members were billed for."""
+    if before is None or chunk.usage is None:
+        return chunk
+    return replace(chunk, usage=before + chunk.usage)
 
 
 async def _replay(chunks: list[Chunk]) -> AsyncIterator[Chunk]:

@@ -44,6 +44,9 @@ from lbprovider.retry import RetryPolicy
 __all__ = ["Admitted", "Candidate", "Known", "Plan", "Selection", "keep_probe", "state_changes"]
 
 Known = dict[Key[Any], Any]  # records read at a request's start, by key
+# Members whose admission records a request's start reads, from the likely start member:
+# the first and its next two cover a request and its usual failovers.
+READ_AHEAD = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,22 +181,39 @@ class Selection:
         self.clock = clock
         self.breaker_policy = breaker_policy
         self.retry = retry
+        # The start index this process saw last: where the next request likely starts.
+        self._last_start = 0
 
     async def start(self) -> tuple[policies.Start, Known]:
         """This request's ticket and start index, fail-back claim included (atomic), and
-        what its first admission needs to know, read in the same trip to the store."""
+        what its first admissions likely need to know, read in the same trip to the store.
+
+        The start index is decided inside that trip, so which records it needs is
+        predicted: from where this process's last request started (the sticky member
+        under ``failover``, the next one under ``roundrobin``), :data:`READ_AHEAD`
+        members, and member 0 (a fail-back).  So the trip costs the same at 3 members or
+        1000; a member outside it (another process moved the index, a long failover) is
+        read when admitted (:meth:`admit`)."""
         cfg, now = self.config, self.clock.now()
+        n = len(cfg.members)
         failback_s = cfg.settings.failback_after_ms / 1000
 
         def begin(rec: policies.LBRecord) -> tuple[policies.LBRecord, policies.Start]:
-            start, new = policies.begin(rec, cfg.policy, len(cfg.members), now, failback_s)
+            start, new = policies.begin(rec, cfg.policy, n, now, failback_s)
             return new, start
 
-        return await self.ledger.decide(lb_key(cfg.name), begin, read=self._admission_keys())
+        step = 1 if cfg.policy is Policy.ROUNDROBIN else 0
+        likely = (self._last_start + step) % n
+        ahead = {0} | {(likely + i) % n for i in range(min(n, READ_AHEAD))}
+        names = [cfg.members[i].name for i in sorted(ahead)]
+        start, known = await self.ledger.decide(
+            lb_key(cfg.name), begin, read=self._admission_keys(names)
+        )
+        self._last_start = start.index
+        return start, known
 
-    def _admission_keys(self, member: Member | None = None, *, tpm: bool = True) -> list[Key[Any]]:
-        """The records an admission reads: of ``member``, or of every member."""
-        names = [member.name] if member else self.config.member_names
+    def _admission_keys(self, names: list[str], *, tpm: bool = True) -> list[Key[Any]]:
+        """The records the admissions of the members ``names`` read."""
         keys: list[Key[Any]] = [breaker_key(n) for n in names]
         if tpm and self.config.settings.tpm_threshold:
             keys += [tpm_key(n) for n in names]
@@ -216,7 +236,7 @@ class Selection:
         same atomic update) and, when ``tpm``, the TPM rule (never for a probe).
         ``known``: records read moments ago (at the request's start), used if complete."""
         threshold = self.config.settings.tpm_threshold if tpm else None
-        keys = self._admission_keys(member, tpm=tpm)
+        keys = self._admission_keys([member.name], tpm=tpm)
         if known is not None and all(k in known for k in keys):
             records = known
         else:

@@ -65,6 +65,9 @@ class Behavior:
     fail_first: int = 0  # the first N requests fail with fail_status
     fail_status: int = 503
     malformed: bool = False  # send a broken SSE event after the role chunk
+    all_malformed: bool = False  # a 200 stream of only broken events, then [DONE]
+    html: bool = False  # answer 200 with an HTML page (a captive portal, a wrong base URL)
+    not_completion: bool = False  # answer 200 with a JSON object that is no chat completion
     reset: bool = False  # drop the connection before answering (a reset)
     no_done: bool = False  # end after the finish_reason without "data: [DONE]"
     no_finish: bool = False  # end cleanly with neither a finish_reason nor [DONE]
@@ -75,6 +78,7 @@ class Behavior:
     prompt_tokens: int = 12
     completion_tokens: int | None = None  # default: one per content chunk
     no_usage: bool = False  # never report usage (as some backends do)
+    cached_tokens: int = 0  # report this many prompt tokens as read from the cache
     tool_call: bool = False  # answer with a call to the request's first tool
     thinking: str = ""  # Anthropic: a thinking block (and its signature) before the text
     cache_read: int = 0  # Anthropic: cache_read_input_tokens reported
@@ -312,6 +316,11 @@ class SimServer:
                 resp: web.StreamResponse = _anthropic_error(failing, b, key)
             elif failing is not None:
                 resp = self._error(failing, b, key)
+            elif b.html:
+                page = "<html><body><h1>Sign in to the network</h1></body></html>"
+                resp = web.Response(text=page, content_type="text/html")
+            elif b.not_completion:
+                resp = web.json_response({"status": "ok"})
             elif anthropic and body.get("stream") and not b.ignore_stream:
                 resp = await self._stream_messages(request, body, b)
             elif anthropic:
@@ -368,13 +377,16 @@ class SimServer:
 
     # -- answers -------------------------------------------------------------------------
 
-    def _usage(self, b: Behavior) -> dict[str, int]:
+    def _usage(self, b: Behavior) -> dict[str, Any]:
         completion = b.completion_tokens if b.completion_tokens is not None else b.chunks
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": b.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": b.prompt_tokens + completion,
         }
+        if b.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": b.cached_tokens}
+        return usage
 
     @staticmethod
     def _pieces(b: Behavior, prefix: str = "") -> list[str]:
@@ -430,6 +442,12 @@ class SimServer:
             }
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
+        if b.all_malformed:
+            for _ in range(3):
+                await resp.write(b'data: {"choices": [{"delta": {"content\n\n')
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
         await resp.write(event({"role": "assistant", "content": ""}))
         if b.stall_first_chunk:
             await asyncio.sleep(b.stall_first_chunk)

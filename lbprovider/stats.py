@@ -22,6 +22,7 @@ from lbprovider.policies import LBRecord
 from lbprovider.window import Buckets, current_tpm
 
 __all__ = [
+    "PROFILE_V3_COUNTERS",
     "MemberMetrics",
     "Outcome",
     "build_stats",
@@ -29,6 +30,8 @@ __all__ = [
     "record_skip",
 ]
 
+# SPEC §6 [v3]: per load balancer, beside `failbacks`.
+PROFILE_V3_COUNTERS = ("affinityHits", "affinityMisses", "hedges", "hedgeWins", "panicProbes")
 _SAMPLES = 200  # first-chunk latencies kept per member, for percentiles
 RECENT_BUCKET_S = 10  # the recent (requests, failures) counts are kept per 10 seconds...
 RECENT_BUCKETS = 7  # ...for 70 s: every bucket that overlaps the last 60 s
@@ -57,6 +60,11 @@ class MemberMetrics:
     interruptions: int = 0  # streams that broke after their first chunk (SPEC §3.4)
     continuations: int = 0  # interrupted answers this member continued
     tokens: int = 0
+    cache_read_tokens: int = 0  # prompt tokens the provider read from its cache
+    cache_write_tokens: int = 0  # prompt tokens written to it
+    # [v3] counted by later features (rate-limit headroom, hedging): 0 until then.
+    headroom_skips: int = 0
+    hedges_lost: int = 0
     total_latency_ms: float = 0.0
     first_chunk_ms: tuple[float, ...] = field(default=())
     last_error: str | None = None
@@ -77,6 +85,10 @@ class MemberMetrics:
             "interruptions": self.interruptions,
             "continuations": self.continuations,
             "tokens": self.tokens,
+            "cacheReadTokens": self.cache_read_tokens,
+            "cacheWriteTokens": self.cache_write_tokens,
+            "headroomSkips": self.headroom_skips,
+            "hedgesLost": self.hedges_lost,
             "totalLatencyMs": self.total_latency_ms,
             "firstChunkMs": list(self.first_chunk_ms),
             "lastError": self.last_error,
@@ -100,6 +112,10 @@ class MemberMetrics:
             interruptions=int(d.get("interruptions", 0)),
             continuations=int(d.get("continuations", 0)),
             tokens=int(d.get("tokens", 0)),
+            cache_read_tokens=int(d.get("cacheReadTokens", 0)),
+            cache_write_tokens=int(d.get("cacheWriteTokens", 0)),
+            headroom_skips=int(d.get("headroomSkips", 0)),
+            hedges_lost=int(d.get("hedgesLost", 0)),
             total_latency_ms=float(d.get("totalLatencyMs", 0.0)),
             # JSON numbers already: no per-sample conversion (this runs on every request).
             first_chunk_ms=tuple(d.get("firstChunkMs") or ()),
@@ -154,14 +170,16 @@ def record_attempt(
     latency_ms: float,
     first_chunk_ms: float | None = None,
     tokens: int = 0,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
     error: str | None = None,
     at: float | None = None,
     malformed: int = 0,
     interrupted: bool = False,
     continued: bool = False,
 ) -> MemberMetrics:
-    """Count one finished attempt (``at``, when it ended, also counts it in the recent
-    window that ``lbprovider top`` shows)."""
+    """Count one finished attempt (``tokens``: what the member was billed for; ``at``,
+    when it ended, also counts it in the recent window that ``lbprovider top`` shows)."""
     if outcome is Outcome.CANCELLED:
         return replace(m, cancelled=m.cancelled + 1)
     samples = m.first_chunk_ms
@@ -176,6 +194,8 @@ def record_attempt(
         failures=m.failures + (not ok),
         timeouts=m.timeouts + (outcome is Outcome.TIMEOUT),
         tokens=m.tokens + tokens,
+        cache_read_tokens=m.cache_read_tokens + cache_read_tokens,
+        cache_write_tokens=m.cache_write_tokens + cache_write_tokens,
         malformed=m.malformed + malformed,
         interruptions=m.interruptions + interrupted,
         continuations=m.continuations + continued,
@@ -222,6 +242,10 @@ def build_stats(
             "failures": m.failures,
             "timeouts": m.timeouts,
             "tokens": m.tokens,
+            "cacheReadTokens": m.cache_read_tokens,
+            "cacheWriteTokens": m.cache_write_tokens,
+            "headroomSkips": m.headroom_skips,
+            "hedgesLost": m.hedges_lost,
             "totalLatencyMs": round(m.total_latency_ms, 3),
             "avgLatencyMs": round(m.avg_latency_ms, 3),
             "cancelled": m.cancelled,
@@ -249,6 +273,8 @@ def build_stats(
         "members": list(members),
         "totalRequests": lb.total,
         "failbacks": lb.failbacks,
+        # [v3] affinity, hedging and panic probes count here once they exist: 0 until then.
+        **dict.fromkeys(PROFILE_V3_COUNTERS, 0),
         "lastSelected": lb.last_selected,
         "lastSelectedModel": lb.last_model or (models.get(lb.last_selected or "")),
         "profileCounts": {n: lb.counts.get(n, 0) for n in members},

@@ -235,7 +235,7 @@ METRIC_KEYS = {
 
 
 def run_process(
-    env: dict[str, str], *args: str, prefix: tuple[str, ...] = ()
+    env: dict[str, str], *args: str, prefix: tuple[str, ...] = (), cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `lbprovider ARGS` in a new process (``prefix``: a command to run it under)."""
     return subprocess.run(
@@ -243,6 +243,7 @@ def run_process(
         capture_output=True,
         text=True,
         env=env,
+        cwd=cwd,
         timeout=120,
         check=False,
     )

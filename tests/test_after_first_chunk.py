@@ -97,6 +97,29 @@ async def test_stream_continues_on_a_prefill_member(cause: str) -> None:
     assert stats["a"]["interruptions"] == 1 and stats["b"]["continuations"] == 1
 
 
+async def test_usage_after_a_continuation_is_the_sum_of_both_members() -> None:
+    """The caller's final usage, stats tokens and TPM count what each member was billed
+    for: the broken one's estimate (its usage never came) plus the continuing one's."""
+    from lbprovider.window import estimate_tokens
+
+    async with (
+        serve(f"{WHOLE},drop_after=3") as a,
+        serve(f"{WHOLE},prompt_tokens=40,completion_tokens=6,cached_tokens=30") as b,
+    ):
+        lb_ = make_lb({"a": a, "b": b}, clock=FakeClock(), member_settings={"b": PREFILL})
+        usages = [chunk.usage async for chunk in lb_.stream(HI) if chunk.usage is not None]
+        delivered_by_a = b.requests[-1]["messages"][-1]["content"]
+        report = lb_.stats()
+    billed_a = estimate_tokens(HI, delivered_by_a)
+    final = usages[-1]
+    assert (final.prompt_tokens, final.completion_tokens) == (40, 6 + billed_a)
+    assert final.cache_read_tokens == 30
+    metrics = report["backendMetrics"]
+    assert (metrics["a"]["tokens"], metrics["b"]["tokens"]) == (billed_a, 46)
+    assert (metrics["a"]["cacheReadTokens"], metrics["b"]["cacheReadTokens"]) == (0, 30)
+    assert report["currentTPM"]["a"] > 0 and report["currentTPM"]["b"] > 0
+
+
 async def test_continuation_refused_gives_the_original_error() -> None:
     """A continuation member that refuses (any 4xx): the caller gets the interruption."""
     async with serve(f"{WHOLE},drop_after=3") as a, serve("status=400") as b:

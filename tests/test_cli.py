@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from lbprovider.cli import cli
-from tests.conftest import WriteProfile, lb, member
+from tests.conftest import WriteProfile, lb, member, run_process
 
 SECRET = "sk-live-abcdefghijklmnop7890"
 
@@ -255,3 +256,113 @@ def test_example_profiles_validate(monkeypatch: pytest.MonkeyPatch) -> None:
     assert code == 0, err
     assert "ok     coding-failover: loadbalancer (failover: primary, backup, local)" in out
     assert "ok     coding-rr: loadbalancer (roundrobin: primary, backup)" in out
+
+
+def test_save_lb_warns_of_a_key_it_cannot_resolve(
+    write_profile: WriteProfile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """save-lb and push name the member whose key cannot be resolved now, and still save."""
+    monkeypatch.delenv("LB_TEST_UNSET_KEY", raising=False)
+    write_profile("alpha", member(key=None, **{"auth-key-env": "LB_TEST_UNSET_KEY"}))
+    write_profile("bravo", member())
+    write_profile("charlie", member(key=None, **{"auth-keyfile": "/nonexistent/key"}))
+    code, out, err = run("profiles", "save-lb", "team", "--policy", "failover", "alpha", "bravo")
+    assert code == 0 and "saved team (failover: alpha, bravo)" in out
+    assert ("warning: profiles[0]: member 'alpha' is left out until its key can be resolved") in err
+    assert "environment variable LB_TEST_UNSET_KEY is not set" in err
+    code, _, err = run("profiles", "push", "team", "charlie")
+    assert code == 0
+    assert "member 'charlie' is left out until its key can be resolved" in err
+    assert "key file '/nonexistent/key' cannot be read" in err
+
+
+def test_list_calls_an_unresolvable_key_a_warning(
+    write_profile: WriteProfile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """list marks a member whose key is missing, and an LB leaving it out, as warnings."""
+    monkeypatch.delenv("LB_TEST_UNSET_KEY", raising=False)
+    write_profile("work", member(key=None, **{"auth-key-env": "LB_TEST_UNSET_KEY"}))
+    write_profile("local", member())
+    write_profile("coding", lb(["local", "work"], policy="roundrobin"))
+    code, out, _ = run("profiles", "list")
+    assert code == 0 and "INVALID" not in out
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "member (openai/sim-model) (warnings: run 'profiles validate')" in lines["work"]
+    assert (
+        "loadbalancer (roundrobin: local) (warnings: run 'profiles validate')" in (lines["coding"])
+    )
+    code, _, err = run("profiles", "validate")
+    assert code == 0 and "warn   work: key cannot be resolved now" in err
+
+
+def test_new_lb_goes_where_its_members_are(
+    write_profile: WriteProfile, isolated: Path, profiles_dir: Path
+) -> None:
+    """A new LB is saved in its members' one directory; mixed ones, home; --dir decides."""
+    project = Path.cwd() / ".lbprovider" / "profiles"
+    write_profile("p1", member(), project)
+    write_profile("p2", member(), project)
+    write_profile("h1", member())
+    code, out, _ = run("profiles", "save-lb", "inproject", "--policy", "failover", "p1", "p2")
+    assert code == 0 and str(project / "inproject.json") in out
+    code, out, _ = run("profiles", "save-lb", "mixed", "--policy", "failover", "p1", "h1")
+    assert code == 0 and str(profiles_dir / "mixed.json") in out
+    elsewhere = isolated.parent / "elsewhere"
+    code, out, _ = run(
+        "profiles", "save-lb", "there", "-P", "failover", "p1", "p2", "--dir", str(elsewhere)
+    )
+    assert code == 0 and str(elsewhere / "there.json") in out
+    # An existing one is edited where it is, whatever its members.
+    code, out, _ = run("profiles", "save-lb", "mixed", "--policy", "roundrobin", "p1", "p2")
+    assert code == 0 and str(profiles_dir / "mixed.json") in out
+    assert not (project / "mixed.json").exists()
+
+
+def _readme_first_load_balancer() -> str:
+    """The bash block of the README's "A first load balancer" section."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## A first load balancer", 1)[1].split("\n## ", 1)[0]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_readme_first_load_balancer(isolated: Path) -> None:
+    """The README's commands, as written, in a fresh project; then chat from a subdirectory."""
+    from lbprovider.sim import serve_in_thread
+
+    project = isolated.parent / "project"
+    (project / "src" / "deep").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "LBPROVIDER_STATE")}
+    env["LBPROVIDER_HOME"] = str(isolated)
+    cli_command = f"{sys.executable} -m lbprovider.cli "
+    with serve_in_thread() as server:
+        lines = [
+            line.replace("8089", str(server.port))
+            for line in _readme_first_load_balancer().splitlines()
+            # Our sim is already running on a free port, in the venv the test runs in.
+            if not line.startswith(("source ", "lbprovider sim "))
+        ]
+        script = "set -e\n" + "\n".join(
+            cli_command + line.removeprefix("lbprovider ")
+            if line.startswith("lbprovider ")
+            else line
+            for line in lines
+        )
+        proc = subprocess.run(
+            ["bash", "-c", script],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert (project / ".lbprovider" / "profiles" / "coding.json").is_file()
+        assert "member 'work' is left out until its key can be resolved" in proc.stderr
+        assert "Hello from the simulated backend." in proc.stdout
+        chat = run_process(
+            env, "chat", "-p", "coding", "--json", "hi", cwd=project / "src" / "deep"
+        )
+    assert chat.returncode == 0, chat.stderr
+    assert json.loads(chat.stdout)["backend"] == "local"

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -392,3 +393,118 @@ def test_native_only_chat_imports_neither_litellm_nor_openai(
     assert "Hello from the simulated backend." in proc.stdout
     assert "HEAVY=\n" in proc.stderr
     assert "Unclosed" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("behavior", "reason"),
+    [
+        ("html", "answered text/html, not an event stream"),
+        ("all_malformed", "no readable event in the answer"),
+        ("not_completion", "answered with a body that is not a chat completion"),
+    ],
+)
+async def test_a_200_without_an_answer_is_a_failure_with_no_status(
+    behavior: str, reason: str
+) -> None:
+    """A 200 holding no readable answer fails with no status and says what came."""
+    async with serve(behavior) as s:
+        err = await failure(member_of(s))
+    assert err.status is None and not err.network
+    assert reason in err.message
+
+
+@pytest.mark.parametrize(
+    ("behavior", "reason"),
+    [
+        ("html", "answered text/html, not an event stream"),
+        ("all_malformed", "no readable event in the answer"),
+        ("not_completion", "answered with a body that is not a chat completion"),
+    ],
+)
+async def test_a_200_without_an_answer_fails_over(behavior: str, reason: str) -> None:
+    """The member is retried, then the next one serves; its lastError says what came."""
+    async with serve(behavior) as bad, serve() as good:
+        lb = make_lb({"alpha": bad, "bravo": good}, failover_retry_count=2)
+        result = await lb.complete(HI)
+    assert result.backend == "bravo"
+    assert result.text == "Hello from the simulated backend."
+    assert bad.hits == 2
+    assert reason in lb.stats()["backendMetrics"]["alpha"]["lastError"]
+
+
+async def test_cached_prompt_tokens_are_read() -> None:
+    """OpenAI's usage.prompt_tokens_details.cached_tokens becomes cache_read_tokens."""
+    async with serve("cached_tokens=7") as s:
+        chunks = await collect(member_of(s))
+    usage = chunks[-1].usage
+    assert usage is not None and usage.cache_read_tokens == 7
+
+
+@pytest.mark.parametrize("behavior", ["html", "not_completion"])
+async def test_litellm_200_without_an_answer_is_a_failure(behavior: str) -> None:
+    """Through litellm too, a 200 with nothing readable fails with no status."""
+    async with serve(behavior) as s:
+        err = await failure(member_of(s, "litellm"))
+    assert err.status is None and "no readable event in the answer" in err.message
+
+
+def test_litellm_member_without_litellm_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With litellm not installed, a litellm member is a ConfigError naming it and the fix."""
+    from lbprovider.errors import ConfigError
+    from lbprovider.profiles import LoadBalancerConfig, Policy
+    from lbprovider.provider import LoadBalancingProvider
+    from lbprovider.settings import LBSettings
+    from lbprovider.state.memory import MemoryStore
+
+    monkeypatch.setitem(sys.modules, "litellm", None)  # what an absent module looks like
+    config = LoadBalancerConfig(
+        name="pair",
+        policy=Policy.FAILOVER,
+        members=(
+            replace(member_of("http://127.0.0.1:9/v1"), name="native-one"),
+            replace(member_of("http://127.0.0.1:9/v1", "litellm"), name="groq-one"),
+        ),
+        settings=LBSettings(),
+        model_params={},
+    )
+    with pytest.raises(ConfigError) as info:
+        LoadBalancingProvider(config, store=MemoryStore())
+    message = str(info.value)
+    assert "member 'groq-one'" in message
+    assert "pip install 'lbprovider[litellm]'" in message
+
+
+BLOCK_LITELLM = textwrap.dedent(
+    """
+    import sys
+    class Absent:
+        def find_spec(self, name, path=None, target=None):
+            if name == "litellm" or name.startswith("litellm."):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+            return None
+    sys.meta_path.insert(0, Absent())
+    from lbprovider.cli import main
+    main(sys.argv[1:])
+    """
+)
+
+
+@pytest.mark.slow
+def test_cli_without_litellm_exits_2_naming_the_member(write_profile: WriteProfile) -> None:
+    """`chat` through a litellm member in an install without litellm: exit 2, what to run."""
+    write_profile("a", member())
+    write_profile("b", member(transport="litellm"))
+    write_profile("duo", lb(["a", "b"]))
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_LITELLM, "chat", "-p", "duo", "hello"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "member 'b'" in proc.stderr
+    assert "pip install 'lbprovider[litellm]'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -506,3 +506,20 @@ async def test_reset_clears_counters_not_breakers() -> None:
         assert stats["totalRequests"] == 0
         assert stats["backendMetrics"]["a"]["requests"] == 0
         assert stats["circuitBreakerStates"]["a"]["state"] == "open"
+
+
+async def test_start_reads_only_the_likely_members() -> None:
+    """A request's start reads a few members' records, not all of them, and a member
+    outside that read is still admitted on its own record."""
+    from lbprovider.ledger import Key
+
+    urls = {f"m{i}": "http://127.0.0.1:9/v1" for i in range(50)}
+    provider = make_lb(urls, "roundrobin")
+    selection = provider._router.selection
+    start, known = await selection.start()
+    read = {k.name for k in known if isinstance(k, Key) and k.kind.name == "breaker"}
+    assert len(read) <= 4 and provider.config.members[start.index].name in read
+    far = provider.config.members[(start.index + 25) % 50]
+    assert far.name not in read
+    admitted = await selection.admit(far, known=known)
+    assert not admitted.skipped

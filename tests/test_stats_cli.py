@@ -89,6 +89,36 @@ def test_stats_empty_and_unknown(write_profile: WriteProfile) -> None:
     assert run("stats", "ghost")[0] == 2
 
 
+V3_MEMBER_KEYS = {"cacheReadTokens", "cacheWriteTokens", "headroomSkips", "hedgesLost"}
+V3_PROFILE_KEYS = {"affinityHits", "affinityMisses", "hedges", "hedgeWins", "panicProbes"}
+
+
+def test_v3_counters_present_with_zero_before_anything(write_profile: WriteProfile) -> None:
+    """SPEC §6 [v3]: the cache, headroom, hedge, affinity and panic counters are 0 at first."""
+    write_profile("a", member())
+    write_profile("b", member())
+    write_profile("fo", lb(["a", "b"]))
+    code, out, _ = run("stats", "fo", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert {k: report[k] for k in V3_PROFILE_KEYS} == dict.fromkeys(V3_PROFILE_KEYS, 0)
+    for name in ("a", "b"):
+        metrics = report["backendMetrics"][name]
+        assert {k: metrics[k] for k in V3_MEMBER_KEYS} == dict.fromkeys(V3_MEMBER_KEYS, 0)
+
+
+def test_cache_tokens_are_counted(write_profile: WriteProfile) -> None:
+    """A member reporting cached prompt tokens has them counted in cacheReadTokens."""
+    with serve_in_thread("cached_tokens=9") as cached:
+        write_profile("a", member(cached.url))
+        write_profile("b", member(cached.url))
+        write_profile("fo", lb(["a", "b"]))
+        assert run("chat", "-p", "fo", "hi")[0] == 0
+        assert run("chat", "-p", "fo", "hi")[0] == 0
+    report = json.loads(run("stats", "fo", "--json")[1])
+    assert report["backendMetrics"]["a"]["cacheReadTokens"] == 18
+
+
 def test_bench_and_unbench(served: tuple[SimServer, SimServer]) -> None:
     """bench opens a member's breaker by hand (marked benched); requests skip it; unbench."""
     _bad, good = served

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -324,6 +324,16 @@ class TransportSet:
     def __init__(self, only: Transport | None = None) -> None:
         self._only = only
         self._built: dict[Api | None, Transport] = {}
+
+    def check(self, members: Iterable[Member]) -> None:
+        """Raise :class:`~lbprovider.errors.ConfigError` naming the first member whose
+        transport is not installed (litellm is an extra), before any request starts."""
+        if self._only is None:
+            for member in members:
+                if member.transport is TransportKind.LITELLM:
+                    from lbprovider.transport.litellm import require_litellm
+
+                    require_litellm(member)
 
     def for_member(self, member: Member) -> Transport:
         """The transport that calls ``member``."""

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import re
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from lbprovider.errors import TransportError
+from lbprovider.errors import ConfigError, TransportError
 from lbprovider.profiles import Member
 from lbprovider.redaction import scrub
 from lbprovider.transport import (
@@ -33,7 +34,14 @@ from lbprovider.transport import (
     parse_retry_after,
 )
 
-__all__ = ["LiteLLMTransport", "convert_chunk", "to_transport_error", "warm_up"]
+__all__ = [
+    "INSTALL_HINT",
+    "LiteLLMTransport",
+    "convert_chunk",
+    "require_litellm",
+    "to_transport_error",
+    "warm_up",
+]
 
 # litellm's classes for a request the provider refused on its content, by error code.
 _CODE_OF_CLASS = {
@@ -128,6 +136,31 @@ def to_transport_error(exc: BaseException, member: Member) -> TransportError:
         network=network,
         timeout=bool(names & _TIMEOUT_CLASSES) or status == 408,
     )
+
+
+INSTALL_HINT = "pip install 'lbprovider[litellm]'"
+
+
+def require_litellm(member: Member) -> None:
+    """Raise :class:`ConfigError` naming ``member`` when litellm is not installed.
+
+    litellm is an extra (``lbprovider[litellm]``); only members of providers the native
+    transports do not speak need it.  Looks for the module without importing it (that
+    costs seconds).
+    """
+    try:
+        found = importlib.util.find_spec("litellm") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError(
+            f"member {member.name!r} ({member.litellm_model}) uses the litellm transport, "
+            "and litellm is not installed",
+            file=member.file,
+            field="ephemeralSettings.transport",
+            hint=f"run {INSTALL_HINT}, or give the member a provider the native transports "
+            "speak (openai-compatible, anthropic)",
+        )
 
 
 def _load_litellm() -> Any:
@@ -238,10 +271,19 @@ class LiteLLMTransport:
         except Exception as exc:
             raise to_transport_error(exc, member) from exc
         try:
+            readable = False
             async for raw in response:
                 chunk = convert_chunk(raw, member)
                 if chunk is not None:
+                    readable = readable or bool(chunk.text or chunk.tool_calls or chunk.usage)
                     yield chunk
+            if not readable:
+                # litellm makes up a lone finish_reason for a body it could not read (an
+                # HTML page, a JSON object that is no completion): nothing came, which is
+                # a failure with no status, never an empty success.
+                raise TransportError("no readable event in the answer", member=member.name)
+        except TransportError:
+            raise
         except Exception as exc:
             raise to_transport_error(exc, member) from exc
         finally:
@@ -280,9 +322,11 @@ def convert_chunk(raw: Any, member: Member) -> Chunk | None:
     usage = None
     raw_usage = getattr(raw, "usage", None)
     if raw_usage is not None:
+        details = getattr(raw_usage, "prompt_tokens_details", None)
         usage = Usage(
             prompt_tokens=int(raw_usage.prompt_tokens or 0),
             completion_tokens=int(raw_usage.completion_tokens or 0),
+            cache_read_tokens=int(getattr(details, "cached_tokens", None) or 0),
         )
     if not (text or tools or finish or usage):
         return None

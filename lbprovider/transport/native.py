@@ -12,6 +12,9 @@ rides on the next chunk, :attr:`Chunk.malformed`); ``data: [DONE]`` ends the ans
 and so does the end of the body after a ``finish_reason``; a body that ends with
 neither, or a connection that drops, is a network error.  A backend that answers a
 streaming request with one JSON object (it ignored ``stream``) is read as one chunk.
+A 200 that holds no answer — another content type (an HTML captive portal, a wrong
+base URL), a stream without one readable event, a JSON body that is not a chat
+completion — is a failure with no status, never an empty success.
 
 Every failure leaves as :class:`~lbprovider.errors.TransportError`: an HTTP error
 status with its ``Retry-After`` and the provider's error code, a refused or broken
@@ -175,9 +178,12 @@ def _tool_calls(raw: Any) -> tuple[ToolCallDelta, ...]:
 def _usage(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Usage(
         prompt_tokens=int(raw.get("prompt_tokens") or 0),
         completion_tokens=int(raw.get("completion_tokens") or 0),
+        cache_read_tokens=int(cached or 0),
     )
 
 
@@ -258,8 +264,17 @@ class NativeTransport:
             if response.content_type == "application/json":
                 payload = await _json_body(response, member, url)
                 chunk = to_chunk(payload, member)
-                if chunk is not None:
-                    yield replace(chunk, wire=(payload,)) if keep else chunk
+                if chunk is None:
+                    raise _no_answer(
+                        f"{host_port(url)} answered with a body that is not a chat completion",
+                        member,
+                    )
+                yield replace(chunk, wire=(payload,)) if keep else chunk
+            elif not _is_event_stream(response):
+                raise _no_answer(
+                    f"{host_port(url)} answered {response.content_type}, not an event stream",
+                    member,
+                )
             else:
                 async for chunk in _events(response, member, keep=keep):
                     yield chunk
@@ -289,7 +304,7 @@ async def _events(
     pending = b""
     kept: list[dict[str, Any]] = []
     malformed = 0
-    finished = done = False
+    finished = done = readable = False
     async for block in response.content.iter_any():
         lines = (pending + block).split(b"\n") if pending else block.split(b"\n")
         pending = lines.pop()
@@ -318,12 +333,18 @@ async def _events(
             chunk = to_chunk(event, member, malformed)
             if chunk is not None:
                 malformed = 0
+                readable = True
                 finished = finished or chunk.finish_reason is not None
                 if kept:
                     chunk, kept = replace(chunk, wire=tuple(kept)), []
                 yield chunk
         if done:
             break
+    if not readable:
+        # A 200 that carried nothing we could read is not an (empty) answer: it fails
+        # like an error with no status, so it is retried and then the next member serves.
+        what = f"{malformed} events that are not JSON" if malformed else "no event"
+        raise _no_answer(f"no readable event in the answer ({what})", member)
     if not (done or finished):
         raise TransportError(
             "the stream ended before the answer finished (no finish_reason, no [DONE])",
@@ -343,14 +364,24 @@ async def _json_body(response: aiohttp.ClientResponse, member: Member, url: str)
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
-        raise TransportError(
-            f"{host_port(url)} answered with a body that is not a chat completion",
-            member=member.name,
-            status=response.status,
+        raise _no_answer(
+            f"{host_port(url)} answered with a body that is not a chat completion", member
         )
     if payload.get("error"):
         raise _stream_error(payload, member)
     return payload
+
+
+def _is_event_stream(response: aiohttp.ClientResponse) -> bool:
+    # A missing Content-Type (aiohttp reports octet-stream) is read as a stream: some
+    # OpenAI-compatible servers omit it; what they send decides (no event → a failure).
+    return response.content_type == "text/event-stream" or "Content-Type" not in response.headers
+
+
+def _no_answer(reason: str, member: Member) -> TransportError:
+    """A 200 that is not an answer: a failure with no status (SPEC §3.2: retried, then
+    the next member), never an empty success."""
+    return TransportError(reason, member=member.name)
 
 
 async def _http_error(response: aiohttp.ClientResponse, member: Member) -> TransportError:
