@@ -434,7 +434,7 @@ def test_cap_reached_in_a_stream_ends_incomplete() -> None:
 
 
 def test_interrupted_stream_ends_with_response_failed() -> None:
-    """fail() closes the open item and sends response.failed with the error."""
+    """fail() sends response.failed with the error; the cut item is never "done"."""
     writer = FORM.events(plain(), "sim/gpt-test")
     raw = writer.open() + writer.chunk(Chunk(text="par"))
     raw += writer.fail(503, ErrorKind.OVERLOADED, "every member failed")
@@ -445,7 +445,9 @@ def test_interrupted_stream_ends_with_response_failed() -> None:
     assert response.status == "failed"
     assert response.error is not None
     assert (response.error.code, response.error.message) == ("server_error", "every member failed")
-    assert "response.completed" not in [e.type for e in events]
+    kinds = [e.type for e in events]
+    assert "response.completed" not in kinds and "response.output_item.done" not in kinds
+    assert response.output[0].status == "incomplete"
 
 
 @pytest.mark.parametrize(

@@ -396,10 +396,10 @@ class _Item:
     name: str = ""
     tool_index: int = -1  # the engine's tool-call index this item carries
 
-    def done(self) -> dict[str, Any]:
+    def done(self, status: str = "completed") -> dict[str, Any]:
         if self.kind == "message":
-            return _message_item(self.id, self.text, "completed")
-        return _call_item(self.id, self.call_id, self.name, self.text, "completed")
+            return _message_item(self.id, self.text, status)
+        return _call_item(self.id, self.call_id, self.name, self.text, status)
 
 
 @dataclass
@@ -421,7 +421,10 @@ class ResponsesWriter:
         return sse(payload, event=kind)
 
     def _snapshot(self, status: str, usage: Usage | None = None, **extra: Any) -> dict[str, Any]:
-        output = [item.done() for item in self._items] if status != "in_progress" else []
+        output = []
+        if status != "in_progress":
+            # An item still open when the answer broke was cut short.
+            output = [i.done("incomplete" if i is self._open else "completed") for i in self._items]
         return _response(
             self.asked,
             response_id=self.response_id,
@@ -564,11 +567,13 @@ class ResponsesWriter:
         )
 
     def fail(self, status: int, kind: ErrorKind, message: str) -> bytes:
-        """``response.failed``: the response so far, status failed, with its error."""
-        out = self._close_item()
+        """``response.failed``: the response so far, status failed, with its error.
+
+        The open item gets no done events: a client can act on a done item at once (a
+        done ``function_call`` gets run), and this one was cut short."""
         code = "rate_limit_exceeded" if kind is ErrorKind.RATE_LIMIT else "server_error"
         response = self._snapshot("failed", error={"code": code, "message": message})
-        return out + self._event("response.failed", response=response)
+        return self._event("response.failed", response=response)
 
 
 class ResponsesForm:
