@@ -10,6 +10,7 @@ imports what it uses.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -528,6 +529,97 @@ def sim_command(port: int, behavior: str, duration: float | None) -> None:
             field="--port",
             hint="pick another port, or 0 for a free one",
         ) from None
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=4000,
+    show_default=True,
+    help="port (0 picks a free one)",
+)
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    metavar="NAME",
+    help="serve this load balancer (repeatable; default: every one in the store)",
+)
+@click.option(
+    "--alias",
+    "aliases",
+    multiple=True,
+    metavar="PATTERN=NAME",
+    help="client model names matching the glob go to NAME, e.g. 'claude-*=coding' (repeatable)",
+)
+@click.option("--default", "default", metavar="NAME", help="serve every other model name with NAME")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="file holding the gateway key(s) (default: $LBPROVIDER_SERVE_KEY or <home>/serve.key)",
+)
+@click.option(
+    "--allow-origin",
+    "allow_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="let a web page from this origin call the gateway (repeatable)",
+)
+@click.option(
+    "--max-body-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=32.0,
+    show_default=True,
+    help="refuse larger request bodies (413)",
+)
+@click.option(
+    "--drain-s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="on SIGTERM, let requests in flight finish for this long",
+)
+def serve_command(
+    host: str,
+    port: int,
+    profiles: tuple[str, ...],
+    aliases: tuple[str, ...],
+    default: str | None,
+    key_file: Path | None,
+    allow_origins: tuple[str, ...],
+    max_body_mb: float,
+    drain_s: float,
+) -> None:
+    """Serve the load balancers over the OpenAI and Anthropic APIs (the gateway)."""
+    from lbprovider.gateway.served import parse_alias
+    from lbprovider.gateway.server import ServeOptions, run
+    from lbprovider.profiles import check_name
+
+    for name in (*profiles, *([default] if default else [])):
+        check_name(name, field="--profile" if name in profiles else "--default")
+    options = ServeOptions(
+        host=host,
+        port=port,
+        profiles=profiles,
+        aliases=[parse_alias(a) for a in aliases],
+        default=default,
+        key_file=key_file,
+        allow_origins=allow_origins,
+        max_body_mb=max_body_mb,
+        drain_s=drain_s,
+    )
+    try:
+        run(options)
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                field="--port",
+                hint="pick another port, or 0 for a free one",
+            ) from None
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:

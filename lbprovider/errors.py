@@ -17,8 +17,10 @@
     │   ├── FirstChunkTimeoutError   no content chunk within timeout_ms (retryable)
     │   ├── StreamIdleTimeoutError   no chunk for stream_idle_timeout_ms after the first
     │   └── StreamInterruptedError   failed after text reached the caller (never replayed)
-    └── NoBackendAvailableError      every member failed or was skipped (.failures)
-        └── RequestRejectedError     every member rejected the request itself (400-like)
+    ├── NoBackendAvailableError      every member failed or was skipped (.failures)
+    │   └── RequestRejectedError     every member rejected the request itself (400-like)
+    └── RefusedError                 the gateway refused a client at its door (.status:
+                                     401 no or wrong key, 403 a browser origin)
 
 Every error carries structured fields as well as a readable message, so hosts can
 map them (to ``llm.ModelError``, to litellm's exception classes) without parsing
@@ -45,6 +47,7 @@ __all__ = [
     "ProfileNameError",
     "ProfileNotFoundError",
     "ProfileValidationError",
+    "RefusedError",
     "RequestRejectedError",
     "StreamIdleTimeoutError",
     "StreamInterruptedError",
@@ -320,13 +323,15 @@ class NoBackendAvailableError(LBError):
         self.status = statuses.pop() if len(statuses) == 1 else None
         tried = [f for f in self.failures if not f.skipped]
         keys_rejected = bool(tried) and all(f.status in (401, 403) for f in tried)
+        # Every member was asked and every one rejected its key (a gateway answers 401).
+        self.keys_rejected = keys_rejected and len(tried) == len(self.failures)
         self.retry_after: float | None = None
         if recovery_at is not None and now is not None:
             self.retry_after = max(0.0, recovery_at - now)
         elif tried and all(f.retry_after is not None for f in tried):
             self.retry_after = min(f.retry_after or 0.0 for f in tried)
         lines = "; ".join(f"{f.member}: {f.reason}" for f in self.failures)
-        if keys_rejected and len(tried) == len(self.failures):
+        if self.keys_rejected:
             retryable = False
             advice = "every member rejected its key: check the members' keys"
         else:
@@ -341,3 +346,12 @@ class NoBackendAvailableError(LBError):
 
 class RequestRejectedError(NoBackendAvailableError):
     """Every member rejected the request itself (400, 404, 413, 422, context, policy)."""
+
+
+class RefusedError(LBError):
+    """The gateway refused a client before reading its request (SPEC §11.1): ``status``
+    401 (no key, or a wrong one) or 403 (a web page's ``Origin``)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -41,6 +41,9 @@ class Event:
     latency_ms: float | None = None
     detail: str = ""
     at: float = 0.0  # epoch seconds
+    # A failed attempt's kind (FailureKind's value: retryable, immediate, request, final).
+    failure: str | None = None
+    first_chunk_ms: float | None = None  # a served attempt's time to its first chunk
 
 
 EventHook = Callable[[Event], None]

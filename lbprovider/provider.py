@@ -190,6 +190,15 @@ class LoadBalancingProvider:
             wire=events,
         )
 
+    async def warm_up(self) -> None:
+        """Do every member transport's one-time set-up now (a gateway does, before it
+        says it is ready, when a member uses litellm)."""
+        transports = self._router.transports
+        for transport in {
+            id(t): t for t in map(transports.for_member, self.config.members)
+        }.values():
+            await transport.warm_up()
+
     def stats(self) -> dict[str, Any]:
         """The stats report of SPEC §6 (the ``stats --json`` shape)."""
         return ledger.report(self.config, self._router.ledger, self.clock.now())

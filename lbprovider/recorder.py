@@ -123,6 +123,7 @@ class Recorder:
             status=err.status,
             latency_ms=latency_ms,
             detail=err.message,
+            failure=err.kind.value,
         )
 
     async def member_failed(
@@ -204,7 +205,13 @@ class Recorder:
         )
         if failback:
             self.emit(EventKind.FAILBACK, member.name, "success")
-        self.emit(EventKind.ATTEMPT, member.name, "success", latency_ms=latency_ms)
+        self.emit(
+            EventKind.ATTEMPT,
+            member.name,
+            "success",
+            latency_ms=latency_ms,
+            first_chunk_ms=first_chunk_ms,
+        )
         self.emit(EventKind.REQUEST, member.name, "success")
 
     async def broke(
@@ -250,6 +257,8 @@ class Recorder:
             status=err.status,
             latency_ms=latency_ms,
             detail=err.message,
+            failure=err.kind.value,
+            first_chunk_ms=first_chunk_ms,
         )
 
     async def request_failed(self, ticket: int, *, whole_rotation: bool = True) -> None:
