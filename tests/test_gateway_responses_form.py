@@ -116,7 +116,7 @@ def test_codex_request_becomes_engine_messages_and_params() -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{"session_id": "s-1"}, {"Session-Id": "s-1"}, {"x-session-id": "s-1"}],
+    [{"session_id": "s-1"}, {"session-id": "s-1"}, {"x-session-id": "s-1"}],
 )
 def test_session_header_wins_over_prompt_cache_key(headers: dict[str, str]) -> None:
     """An explicit session header is the affinity key, before ``prompt_cache_key``."""
@@ -457,7 +457,7 @@ def test_interrupted_stream_ends_with_response_failed() -> None:
         (ErrorKind.AUTHENTICATION, "authentication_error", "invalid_api_key"),
         (ErrorKind.NOT_FOUND, "not_found_error", "model_not_found"),
         (ErrorKind.RATE_LIMIT, "rate_limit_error", "rate_limit_exceeded"),
-        (ErrorKind.OVERLOADED, "server_error", "overloaded"),
+        (ErrorKind.OVERLOADED, "server_error", "service_unavailable"),
     ],
 )
 def test_error_body_is_openais_form(kind: ErrorKind, type_: str, code: str | None) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lbprovider.errors import InvalidRequestError
+from lbprovider.gateway.chat import openai_error, session_key
 from lbprovider.gateway.forms import Asked, ErrorKind, sse
 from lbprovider.transport import Chunk, ToolCallDelta, Usage
 
@@ -38,44 +39,15 @@ if TYPE_CHECKING:
 
 __all__ = ["FORM", "ResponsesForm", "ResponsesWriter"]
 
-# Conversation keys (SPEC §3.5): an explicit header wins over the body's field.
-_SESSION_HEADERS = ("session_id", "session-id", "x-session-id")
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 _SIMPLE_CHOICES = frozenset({"auto", "none", "required"})
 # Sampling settings a chat member takes under the same name.
 _PASSED = ("temperature", "top_p", "parallel_tool_calls")
 _STATELESS_HINT = "this server keeps no responses: send the whole conversation in 'input'"
 
-_ERROR_TYPES = {
-    ErrorKind.INVALID_REQUEST: "invalid_request_error",
-    ErrorKind.AUTHENTICATION: "authentication_error",
-    ErrorKind.PERMISSION: "permission_error",
-    ErrorKind.NOT_FOUND: "not_found_error",
-    ErrorKind.TOO_LARGE: "invalid_request_error",
-    ErrorKind.RATE_LIMIT: "rate_limit_error",
-    ErrorKind.OVERLOADED: "server_error",
-    ErrorKind.API_ERROR: "server_error",
-}
-_ERROR_CODES: dict[ErrorKind, str] = {
-    ErrorKind.AUTHENTICATION: "invalid_api_key",
-    ErrorKind.NOT_FOUND: "model_not_found",
-    ErrorKind.TOO_LARGE: "request_too_large",
-    ErrorKind.RATE_LIMIT: "rate_limit_exceeded",
-    ErrorKind.OVERLOADED: "overloaded",
-}
-
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """A header by name, whatever its case (aiohttp's mapping is case-insensitive; a
-    plain dict is not)."""
-    value = headers.get(name)
-    if value is None:
-        value = next((v for k, v in headers.items() if k.lower() == name), None)
-    return value or None
 
 
 class _Dropped:
@@ -579,7 +551,7 @@ class ResponsesWriter:
 class ResponsesForm:
     """``POST /v1/responses`` (see the module docstring)."""
 
-    name = "responses"
+    name = "/v1/responses"
 
     def parse(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> Asked:
         """The request in the engine's terms: Chat Completions messages and params."""
@@ -629,7 +601,9 @@ class ResponsesForm:
         for key in ("instructions", "metadata", "prompt_cache_key"):
             if body.get(key) is not None:
                 options[key] = body[key]
-        affinity = next((v for h in _SESSION_HEADERS if (v := _header(headers, h))), None)
+        # Conversation keys (SPEC §3.5): a session header (Codex sends ``session_id``)
+        # wins over the body's ``prompt_cache_key``.
+        affinity = session_key(headers)
         cache_key = body.get("prompt_cache_key")
         if affinity is None and isinstance(cache_key, str) and cache_key:
             affinity = cache_key
@@ -678,14 +652,7 @@ class ResponsesForm:
 
     def error(self, status: int, kind: ErrorKind, message: str) -> dict[str, Any]:
         """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
-        return {
-            "error": {
-                "message": message,
-                "type": _ERROR_TYPES.get(kind, "server_error"),
-                "param": None,
-                "code": _ERROR_CODES.get(kind),
-            }
-        }
+        return openai_error(status, kind, message)
 
 
 FORM = ResponsesForm()
