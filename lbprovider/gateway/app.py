@@ -90,6 +90,14 @@ class Gateway:
         self.idle.set()
 
 
+# What the app and each request carry, under typed keys (aiohttp warns on string keys).
+GATEWAY = web.AppKey("gateway", Gateway)
+MAX_BODY_MB = web.AppKey("max_body_mb", float)
+LOG = web.RequestKey("log", dict[str, Any])  # the access-log line's fields
+OUTCOME = web.RequestKey("outcome", RequestOutcome)  # a stream that broke after it started
+FIRST_MS = web.RequestKey("first_ms", float)  # milliseconds to the first chunk
+
+
 def _form_for(path: str) -> Form:
     """The form whose error shape a path answers in (OpenAI's by default)."""
     for prefix, form in FORMS.items():
@@ -154,7 +162,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 async def answer(gw: Gateway, form: Form, request: web.Request) -> web.StreamResponse:
     """The request path every form shares (see the module docstring)."""
-    log = request["log"]
+    log = request[LOG]
     asked = form.parse(await _body(request), request.headers)
     log["model"] = asked.model
     name = gw.served.resolve(asked.model)
@@ -174,13 +182,13 @@ async def answer(gw: Gateway, form: Form, request: web.Request) -> web.StreamRes
             outcome = RequestOutcome.OK
             return web.json_response(form.answer(asked, result), headers=_report(trace, asked))
         response = await _stream(form, asked, provider, trace, request)
-        outcome = request.get("outcome", RequestOutcome.OK)
+        outcome = request.get(OUTCOME, RequestOutcome.OK)
         return response
     except asyncio.CancelledError:
         outcome = RequestOutcome.CANCELLED
         raise
     finally:
-        log.update(member=trace.backend, usage=trace.usage, first_ms=request.get("first_ms"))
+        log.update(member=trace.backend, usage=trace.usage, first_ms=request.get(FIRST_MS))
         gw.metrics.requests.labels(name, form.name, outcome.value).inc()
         if outcome is RequestOutcome.OK and trace.backend is not None:
             gw.metrics.served(trace.backend, trace.usage)
@@ -204,7 +212,7 @@ async def _stream(
             first = await anext(chunks)
         except StopAsyncIteration:
             first = None
-        request["first_ms"] = (time.monotonic() - started) * 1000
+        request[FIRST_MS] = (time.monotonic() - started) * 1000
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -222,8 +230,8 @@ async def _stream(
         except LBError as exc:
             # It broke after it started and no member could continue: the form's error
             # event, never a clean end (SPEC §11.3).
-            request["outcome"] = RequestOutcome.ERROR
-            request["log"]["status"] = "interrupted"
+            request[OUTCOME] = RequestOutcome.ERROR
+            request[LOG]["status"] = "interrupted"
             await response.write(events.fail(503, ErrorKind.OVERLOADED, exc.message))
         else:
             await response.write(events.close(trace))
@@ -245,7 +253,7 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
     """One access-log line per request; every failure in its endpoint's error form."""
     started = time.monotonic()
     log: dict[str, Any] = {}
-    request["log"] = log
+    request[LOG] = log
     form = _form_for(request.path)
     status: int | str = 500
     try:
@@ -255,7 +263,7 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
     except web.HTTPException as exc:
         status = exc.status
         if exc.status == 413:
-            message = f"the body is larger than the limit of {request.app['max_body_mb']:g} MB"
+            message = f"the body is larger than the limit of {request.app[MAX_BODY_MB]:g} MB"
         elif exc.status == 405:
             message = f"{request.method} is not allowed on {request.path}"
         elif exc.status == 404:
@@ -326,8 +334,8 @@ def build_app(gw: Gateway) -> web.Application:
     """The aiohttp application of one gateway."""
     limit = int(gw.settings.max_body_mb * 1024 * 1024)
     app = web.Application(middlewares=[_errors, _doors(gw.settings)], client_max_size=limit)
-    app["max_body_mb"] = gw.settings.max_body_mb
-    app["gateway"] = gw
+    app[MAX_BODY_MB] = gw.settings.max_body_mb
+    app[GATEWAY] = gw
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
