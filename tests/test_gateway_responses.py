@@ -12,9 +12,9 @@ import openai
 import pytest
 
 from lbprovider.gateway.server import GatewayServer, ServeOptions
-from lbprovider.sim import SimServer, serve
+from lbprovider.sim import SimServer
 from tests.conftest import WriteProfile, lb, member
-from tests.test_gateway_responses_form import CODEX_BODY, SHELL_TOOL
+from tests.test_gateway_responses_form import CODEX_BODY
 
 SERVE_KEY = "sk-gateway-test-key-responses"
 WEATHER = {
@@ -73,10 +73,12 @@ async def test_text_answer_with_usage(start: Start) -> None:
 
 async def test_streamed_text_through_the_sdk_event_parser(start: Start) -> None:
     """client.responses.stream: the documented events in order, a whole final response."""
-    async with start("text=Hello there.,chunks=3") as (client, _):
-        async with client.responses.stream(model="coding", input="hi") as stream:
-            kinds = [event.type async for event in stream]
-            final = await stream.get_final_response()
+    async with (
+        start("text=Hello there.,chunks=3") as (client, _),
+        client.responses.stream(model="coding", input="hi") as stream,
+    ):
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
     assert kinds == [
         "response.created",
         "response.in_progress",
@@ -174,13 +176,15 @@ async def test_codex_shaped_request_is_served_with_the_hosted_tool_named_dropped
     """Instructions, developer message, function + web_search tools, reasoning, include,
     prompt_cache_key, store false: served, web_search named in the header."""
     body = {k: v for k, v in CODEX_BODY.items() if k not in ("model", "stream")}
-    async with start("text=Listing.") as (client, sims):
-        async with client.responses.with_streaming_response.create(
+    async with (
+        start("text=Listing.") as (client, sims),
+        client.responses.with_streaming_response.create(
             model="coding", stream=True, extra_headers={"session_id": "codex-1"}, **body
-        ) as raw:
-            assert raw.status_code == 200
-            assert raw.headers["x-lbprovider-dropped-tools"] == "web_search"
-            events = [event async for event in await raw.parse()]
+        ) as raw,
+    ):
+        assert raw.status_code == 200
+        assert raw.headers["x-lbprovider-dropped-tools"] == "web_search"
+        events = [event async for event in await raw.parse()]
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == "Listing."
     sent = sims[0].requests[-1]
