@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from lbprovider.sim import SimServer, serve_in_thread
-from tests.conftest import OPEN_AT_FIRST_FAILURE, WriteProfile, lb, member
+from tests.conftest import OPEN_AT_FIRST_FAILURE, WriteProfile, lb, member, member_provider
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("both_transports")]
 openai = pytest.importorskip("openai")
@@ -167,7 +167,8 @@ def test_proxy_serves_and_names_the_serving_member(
     chunks = [c for c in stream if c.choices]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "via the proxy"
     # Every chunk with content names the member (LiteLLM's closing chunk, the name asked for).
-    assert {c.model for c in chunks if c.choices[0].delta.content} == {"openai/good-model"}
+    good = f"{member_provider()}/good-model"
+    assert {c.model for c in chunks if c.choices[0].delta.content} == {good}
     assert (backends["bad"].hits, backends["good"].hits) == (1, 1)
     assert key not in backends["good"].api_keys  # the proxy's key never reaches a member
 
@@ -179,9 +180,9 @@ def test_proxy_serves_and_names_the_serving_member(
             # LiteLLM's Messages and Responses adapters build their stream events with
             # the name asked for (docs/hosts.md): only a chat-completions stream names it.
             if not streamed or endpoint == "/v1/chat/completions":
-                assert "openai/good-model" in reply.text, (endpoint, streamed)
+                assert good in reply.text, (endpoint, streamed)
     plain = call(base, key, "/v1/chat/completions", "coding", False)
-    assert plain.json()["model"] == "openai/good-model"
+    assert plain.json()["model"] == good
     assert plain.headers["llm_provider-x-lbprovider-backend"] == "good"
 
     for name in ("claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-opus-4-1"):
@@ -246,6 +247,6 @@ def test_two_replicas_share_breakers_through_redis(
             # Another replica, another load balancer over the same member: skipped.
             second = call(two, key, "/v1/chat/completions", "coding2", False)
             assert second.status_code == 200, second.text[:300]
-            assert second.json()["model"] == "openai/sim-model"
+            assert second.json()["model"] == f"{member_provider()}/sim-model"
             assert bad.hits == 1
             assert "via replica" in second.text

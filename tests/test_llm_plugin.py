@@ -8,12 +8,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 from lbprovider.sim import SimServer, serve_in_thread
-from tests.conftest import WriteProfile, lb, member
+from tests.conftest import WriteProfile, lb, member, member_provider
 
 llm_cli = pytest.importorskip("llm.cli")
 pytest.importorskip("litellm")
@@ -149,7 +150,7 @@ def test_logs_record_usage_and_member(profiles: None) -> None:
     (entry,) = json.loads(result.output)
     assert entry["model"] == "lb/pair"
     assert (entry["input_tokens"], entry["output_tokens"]) == (21, 4)
-    assert entry["resolved_model"] == "good (openai/good-model)"
+    assert entry["resolved_model"] == f"good ({member_provider()}/good-model)"
 
 
 def test_lb_stats_shows_the_request(profiles: None) -> None:
@@ -182,13 +183,36 @@ def test_tool_call_round_trip(profiles: None, sims: dict[str, SimServer]) -> Non
     assert result.exit_code == 0, result.output
     assert "It is sunny in Paris." in result.output
     first, second = sims["tools"].requests[-2:]
-    assert first["tools"][0]["function"]["name"] == "get_weather"
-    tool_messages = [m for m in second["messages"] if m["role"] == "tool"]
-    assert tool_messages and tool_messages[0]["content"] == "sunny"
-    call = next(m for m in second["messages"] if m.get("tool_calls"))["tool_calls"][0]
-    assert call["function"]["name"] == "get_weather"
-    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
-    assert call["id"] == tool_messages[0]["tool_call_id"]
+    offered, call, result = _tool_round(first, second)
+    assert offered == "get_weather"
+    assert call["name"] == "get_weather" and call["arguments"] == {"city": "Paris"}
+    assert result == {"id": call["id"], "content": "sunny"}
+
+
+def _tool_round(first: dict[str, Any], second: dict[str, Any]) -> tuple[str, dict[str, Any], Any]:
+    """(the tool offered, the call sent back, the result) as a member received them, in
+    either API form (OpenAI tool_calls / tool messages, Anthropic tool_use / tool_result)."""
+    if member_provider() == "anthropic":
+        blocks = [
+            b for m in second["messages"] if isinstance(m["content"], list) for b in m["content"]
+        ]
+        use = next(b for b in blocks if b["type"] == "tool_use")
+        done = next(b for b in blocks if b["type"] == "tool_result")
+        call = {"id": use["id"], "name": use["name"], "arguments": use["input"]}
+        return (
+            first["tools"][0]["name"],
+            call,
+            {"id": done["tool_use_id"], "content": done["content"]},
+        )
+    tool_message = next(m for m in second["messages"] if m["role"] == "tool")
+    sent = next(m for m in second["messages"] if m.get("tool_calls"))["tool_calls"][0]
+    call = {
+        "id": sent["id"],
+        "name": sent["function"]["name"],
+        "arguments": json.loads(sent["function"]["arguments"]),
+    }
+    result = {"id": tool_message["tool_call_id"], "content": tool_message["content"]}
+    return first["tools"][0]["function"]["name"], call, result
 
 
 def test_plugin_import_is_light() -> None:
