@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from lbprovider import sim
+from lbprovider.headroom import parse_duration
 from lbprovider.sim import Behavior, SimServer, go_duration, serve
 from lbprovider.testing import FakeClock
 
@@ -153,7 +154,7 @@ async def test_without_cache_ttl_usage_is_unchanged() -> None:
 async def test_first_content_comes_sooner_when_cached(
     clock: FakeClock, form: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """first_chunk_delay is paid in full uncached, and cache_speedup times faster for the cached share."""
+    """first_chunk_delay is paid in full uncached, cache_speedup times faster for the cached share."""
     waits: list[float] = []
 
     async def record(seconds: float) -> None:
@@ -167,6 +168,16 @@ async def test_first_content_comes_sooner_when_cached(
     share = tokens(SYSTEM, "q") / tokens(SYSTEM, "q", Behavior().text, "next")
     assert waits[0] == pytest.approx(2.0)
     assert waits[1] == pytest.approx(2.0 * ((1 - share) + share / 4))
+
+
+class _Any:
+    """Equal to any string (for messages in error bodies)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str)
+
+
+ANY: Any = _Any()
 
 
 # -- rate limits ------------------------------------------------------------------------------
@@ -201,8 +212,6 @@ def reset_in(form: str, headers: dict[str, str], kind: str, now: float) -> float
     if form == "openai":
         raw = headers[f"x-ratelimit-reset-{kind}"]
         assert GO_DURATION.match(raw), raw
-        from lbprovider.headroom import parse_duration
-
         seconds = parse_duration(raw)
         assert seconds is not None
         return seconds
@@ -243,16 +252,6 @@ async def test_rpm_limit_counts_down_refuses_and_resets(clock: FakeClock, form: 
         assert clock.now() - start == 120
 
 
-class _Any:
-    """Equal to any string (for messages in error bodies)."""
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, str)
-
-
-ANY: Any = _Any()
-
-
 @pytest.mark.parametrize("form", FORMS)
 async def test_tpm_limit_counts_prompt_and_completion(clock: FakeClock, form: str) -> None:
     """tpm_limit counts estimated prompt + completion tokens, and refuses what would pass it."""
@@ -289,9 +288,9 @@ async def test_tpm_limit_counts_prompt_and_completion(clock: FakeClock, form: st
 @pytest.mark.parametrize("form", FORMS)
 async def test_limited_server_sends_headers_on_errors_too(clock: FakeClock, form: str) -> None:
     """A limited server's error answers carry the rate-limit headers as well."""
-    async with serve("rpm_limit=5,status=503", clock=clock.now) as server:
-        async with aiohttp.ClientSession() as http:
-            status, headers, _ = await post(http, server, form)
+    spec = "rpm_limit=5,status=503"
+    async with serve(spec, clock=clock.now) as server, aiohttp.ClientSession() as http:
+        status, headers, _ = await post(http, server, form)
     assert status == 503
     assert requests_left(form, headers) == 4
 
