@@ -154,7 +154,7 @@ async def test_without_cache_ttl_usage_is_unchanged() -> None:
 async def test_first_content_comes_sooner_when_cached(
     clock: FakeClock, form: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """first_chunk_delay is paid in full uncached, cache_speedup times faster for the cached share."""
+    """first_chunk_delay is paid in full uncached, cache_speedup times faster when cached."""
     waits: list[float] = []
 
     async def record(seconds: float) -> None:
