@@ -283,7 +283,7 @@ class SimServer:
 
     @property
     def prompt_tokens(self) -> int:
-        """Prompt tokens reported in the usage of the answers so far."""
+        """Prompt tokens of the answers so far (what their usage says, when they send it)."""
         return self._c.prompt_tokens
 
     @property
@@ -1105,7 +1105,10 @@ async def serve(
 
 @contextlib.contextmanager
 def serve_in_thread(
-    behavior: Behavior | str | None = None, *, port: int = 0
+    behavior: Behavior | str | None = None,
+    *,
+    port: int = 0,
+    clock: Callable[[], float] = time.time,
 ) -> typing.Iterator[SimServer]:
     """Run one simulated backend on its own event loop in a thread (for sync tests).
 
@@ -1114,7 +1117,7 @@ def serve_in_thread(
     import threading
 
     loop = asyncio.new_event_loop()
-    server = SimServer(behavior, port=port)
+    server = SimServer(behavior, port=port, clock=clock)
     ready = threading.Event()
 
     def run() -> None:
