@@ -589,7 +589,8 @@ def demo_command(as_json: bool, requests: int, state_dir: Path | None) -> None:
     default="ok",
     show_default=True,
     help="e.g. ok, status=503, status=429,retry_after=2, stall_first_chunk=10, "
-    "drop_after=3, flaky=0.5,seed=1, fail_first=2, malformed",
+    "drop_after=3, flaky=0.5,seed=1, fail_first=2, malformed, cache_ttl=300, "
+    "rpm_limit=20,tpm_limit=40000 (see docs/cli.md)",
 )
 @click.option(
     "--for",

@@ -11,6 +11,12 @@ with optional ``Retry-After``, stalls before the headers or before the first con
 chunk, dropped connections, slow chunks, seeded flakiness, malformed SSE, tool calls,
 thinking and cache tokens.  It only binds 127.0.0.1.
 
+For the routing benchmarks a backend can also keep a *prompt cache* (``cache_ttl``:
+a prefix seen within the TTL is reported as cached tokens and answered sooner) and
+*rate limits* (``rpm_limit``, ``tpm_limit`` over a rolling minute: 429 when exceeded,
+and the provider's rate-limit headers on every answer).  Both read an injectable
+clock (``SimServer(..., clock=...)``); sleeps stay real.
+
     async with serve("status=503,retry_after=1") as backend:
         ...  # backend.url is the api_base; backend.hits counts requests
 """
@@ -21,19 +27,24 @@ import asyncio
 import contextlib
 import dataclasses
 import email.utils
+import enum
+import hashlib
 import json
+import math
 import random
 import socket
 import struct
 import time
 import typing
-from collections.abc import AsyncIterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["Behavior", "SimServer", "run_forever", "serve", "serve_in_thread"]
+__all__ = ["Behavior", "SimServer", "go_duration", "run_forever", "serve", "serve_in_thread"]
 
 HOST = "127.0.0.1"
 _MAX_RECORDED = 200
@@ -75,7 +86,8 @@ class Behavior:
     stream_error_after: int | None = None  # after N content chunks, an error event (200)
     chunks: int = 5
     text: str = "Hello from the simulated backend."
-    prompt_tokens: int = 12
+    # Usage's prompt tokens: default 12, or the prompt's estimate when `cache_ttl` is on.
+    prompt_tokens: int | None = None
     completion_tokens: int | None = None  # default: one per content chunk
     no_usage: bool = False  # never report usage (as some backends do)
     cached_tokens: int = 0  # this many of prompt_tokens were read from the cache (both APIs)
@@ -83,6 +95,16 @@ class Behavior:
     thinking: str = ""  # Anthropic: a thinking block (and its signature) before the text
     cache_read: int = 0  # Anthropic: cache_read_input_tokens reported
     cache_write: int = 0  # Anthropic: cache_creation_input_tokens reported
+    # The prompt cache (see `_PromptCache`): off at 0; only prefixes of at least
+    # cache_min_tokens (estimated, 4 characters a token) are cached, as providers do.
+    cache_ttl: float = 0.0  # seconds a seen prefix stays cached (refreshed on each use)
+    cache_min_tokens: int = 1024
+    first_chunk_delay: float = 0.0  # seconds before the first content, uncached prompt
+    cache_speedup: float = 4.0  # how much faster cached tokens are "read" than fresh ones
+    # Rate limits over a rolling 60 s window of this server's admitted requests: 429
+    # beyond them, and rate-limit headers (OpenAI or Anthropic style) on every answer.
+    rpm_limit: int = 0  # requests a minute (0 = off)
+    tpm_limit: int = 0  # tokens a minute, estimated prompt + completion (0 = off)
     # A trailing assistant message that is a prefix of `text` is continued: only the
     # rest is sent (what a member with `continuation: prefill` does).
     model: str | None = None  # model name reported back (default: the requested one)
@@ -139,6 +161,9 @@ class _Counters:
     hits: int = 0  # chat-completion requests received
     completed: int = 0  # answers sent to the end (success or error)
     disconnects: int = 0  # the client went away before the answer ended
+    limited: int = 0  # requests refused with 429 by rpm_limit / tpm_limit
+    prompt_tokens: int = 0  # prompt tokens of the answers sent (usage's count)
+    cached_tokens: int = 0  # of which read from the prompt cache
     requests: list[dict[str, Any]] = field(default_factory=list)
     api_keys: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -149,12 +174,23 @@ class SimServer:
     """One simulated backend on ``127.0.0.1``; an async context manager.
 
     ``behavior`` may be replaced between requests.  Counters (``hits``,
-    ``disconnects``, ``requests``) let tests observe what reached the backend.
+    ``disconnects``, ``limited``, ``requests``) let tests observe what reached the
+    backend.  ``clock`` (epoch seconds, default :func:`time.time`) drives the prompt
+    cache's TTL and the rate-limit window, so tests can move time by hand.
     """
 
-    def __init__(self, behavior: Behavior | str | None = None, *, port: int = 0) -> None:
+    def __init__(
+        self,
+        behavior: Behavior | str | None = None,
+        *,
+        port: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.behavior = Behavior.parse(behavior)
         self._port = port
+        self._clock = clock
+        self._cache = _PromptCache()
+        self._window = _RateWindow()
         self._runner: web.AppRunner | None = None
         self._rng = random.Random(self.behavior.seed)
         self._c = _Counters()
@@ -244,9 +280,29 @@ class SimServer:
         """The client address of each request: a repeated one is a reused connection."""
         return list(self._c.peers)
 
+    @property
+    def limited(self) -> int:
+        """Requests refused with 429 by ``rpm_limit`` / ``tpm_limit``."""
+        return self._c.limited
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens of the answers so far (what their usage says, when they send it)."""
+        return self._c.prompt_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        """Of :attr:`prompt_tokens`, those reported as read from the prompt cache."""
+        return self._c.cached_tokens
+
     def reset_counters(self) -> None:
-        """Zero every counter."""
+        """Zero every counter (the prompt cache and the rate window stay)."""
         self._c = _Counters()
+
+    def forget(self) -> None:
+        """Empty the prompt cache and the rate-limit window."""
+        self._cache = _PromptCache()
+        self._window = _RateWindow()
 
     async def wait_for(self, predicate: typing.Callable[[SimServer], bool]) -> None:
         """Wait until ``predicate(self)`` holds (checked on every counter change).
@@ -276,6 +332,9 @@ class SimServer:
                 "hits": self._c.hits,
                 "completed": self._c.completed,
                 "disconnects": self._c.disconnects,
+                "limited": self._c.limited,
+                "prompt_tokens": self._c.prompt_tokens,
+                "cached_tokens": self._c.cached_tokens,
             }
         )
 
@@ -302,6 +361,7 @@ class SimServer:
                 return self._drop(request, web.StreamResponse())
             if b.stall_headers:
                 await asyncio.sleep(b.stall_headers)
+            turn = self._turn(body, b, anthropic=anthropic)
             failing = (
                 b.status
                 if b.status is not None and b.status >= 400
@@ -312,27 +372,77 @@ class SimServer:
                 else None
             )
             key = self._c.api_keys[-1]
-            if failing is not None and anthropic:
-                resp: web.StreamResponse = _anthropic_error(failing, b, key)
+            if turn.limited is not None:
+                await self._bump("limited")
+                resp: web.StreamResponse = _limited_error(turn, anthropic=anthropic)
             elif failing is not None:
-                resp = self._error(failing, b, key)
+                error = _anthropic_error if anthropic else self._error
+                resp = error(failing, b, key)
+                resp.headers.update(turn.headers)
             elif b.html:
                 page = "<html><body><h1>Sign in to the network</h1></body></html>"
                 resp = web.Response(text=page, content_type="text/html")
             elif b.not_completion:
                 resp = web.json_response({"status": "ok"})
-            elif anthropic and body.get("stream") and not b.ignore_stream:
-                resp = await self._stream_messages(request, body, b)
-            elif anthropic:
-                resp = web.json_response(self._message(body, b))
-            elif body.get("stream") and not b.ignore_stream:
-                resp = await self._stream(request, body, b)
             else:
-                resp = web.json_response(self._completion(body, b))
+                resp = await self._answer(request, body, b, turn, anthropic=anthropic)
             finished = True
             return resp
         finally:
             await self._bump("completed" if finished else "disconnects")
+
+    async def _answer(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        b: Behavior,
+        turn: _Turn,
+        *,
+        anthropic: bool,
+    ) -> web.StreamResponse:
+        """A successful answer in the request's API form (its prompt is then cached)."""
+        self._cache_store(turn, b)
+        streaming = bool(body.get("stream")) and not b.ignore_stream
+        if streaming and anthropic:
+            return await self._stream_messages(request, body, b, turn)
+        if streaming:
+            return await self._stream(request, body, b, turn)
+        whole = self._message(body, b, turn) if anthropic else self._completion(body, b, turn)
+        await _sleep(turn.delay)
+        return web.json_response(whole, headers=turn.headers)
+
+    def _turn(self, body: dict[str, Any], b: Behavior, *, anthropic: bool) -> _Turn:
+        """This request's prompt tokens, cache share, first-content delay and rate limits."""
+        now = self._clock()
+        model = str(body.get("model", ""))
+        prefixes = _prompt_prefixes(body, model, anthropic=anthropic)
+        estimate = prefixes[-1].tokens if prefixes else 0
+        completion = b.completion_tokens if b.completion_tokens is not None else b.chunks
+        if b.cache_ttl > 0:
+            prompt = b.prompt_tokens if b.prompt_tokens is not None else estimate
+            read = min(prompt, self._cache.lookup(prefixes, now, b.cache_ttl, b.cache_min_tokens))
+            write = prompt - read if estimate >= b.cache_min_tokens else 0
+            fresh = (prompt - read) / prompt if prompt else 1.0
+            delay = b.first_chunk_delay * (fresh + (1 - fresh) / max(b.cache_speedup, 1.0))
+        else:
+            prompt = b.prompt_tokens if b.prompt_tokens is not None else 12
+            read, write, delay = b.cache_read, b.cache_write, b.first_chunk_delay
+        turn = _Turn(prompt, read, write, delay, prefixes, cached=b.cache_ttl > 0)
+        if not (b.rpm_limit or b.tpm_limit):
+            return turn
+        counted = b.prompt_tokens if b.prompt_tokens is not None else estimate
+        verdict = self._window.admit(now, counted, completion, b.rpm_limit, b.tpm_limit)
+        headers = verdict.headers(now, anthropic=anthropic)
+        return dataclasses.replace(
+            turn, headers=headers, limited=verdict.over, retry_after=verdict.retry_after
+        )
+
+    def _cache_store(self, turn: _Turn, b: Behavior) -> None:
+        """Remember a served prompt's prefixes, and count its tokens."""
+        if turn.cached:
+            self._cache.store(turn.prefixes, self._clock(), b.cache_min_tokens)
+        self._c.prompt_tokens += turn.prompt
+        self._c.cached_tokens += turn.read
 
     def _record(self, request: web.Request, body: dict[str, Any]) -> None:
         self._c.requests = [*self._c.requests[-(_MAX_RECORDED - 1) :], body]
@@ -377,15 +487,18 @@ class SimServer:
 
     # -- answers -------------------------------------------------------------------------
 
-    def _usage(self, b: Behavior) -> dict[str, Any]:
+    def _usage(self, b: Behavior, turn: _Turn) -> dict[str, Any]:
         completion = b.completion_tokens if b.completion_tokens is not None else b.chunks
         usage: dict[str, Any] = {
-            "prompt_tokens": b.prompt_tokens,
+            "prompt_tokens": turn.prompt,
             "completion_tokens": completion,
-            "total_tokens": b.prompt_tokens + completion,
+            "total_tokens": turn.prompt + completion,
         }
-        if b.cached_tokens:
-            usage["prompt_tokens_details"] = {"cached_tokens": b.cached_tokens}
+        # A fixed `cached_tokens` (the cache off) or what the prompt cache read: as OpenAI
+        # reports it, prompt_tokens counts the cached ones too.
+        if turn.cached or b.cached_tokens:
+            cached = turn.read if turn.cached else b.cached_tokens
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
         return usage
 
     @staticmethod
@@ -404,7 +517,7 @@ class SimServer:
         fn = tools[0].get("function", {})
         return {"name": fn.get("name", "tool"), "arguments": json.dumps({"city": "Paris"})}
 
-    def _completion(self, body: dict[str, Any], b: Behavior) -> dict[str, Any]:
+    def _completion(self, body: dict[str, Any], b: Behavior, turn: _Turn) -> dict[str, Any]:
         tool = self._wants_tool(body, b)
         message: dict[str, Any] = {"role": "assistant", "content": None if tool else b.text}
         if tool:
@@ -419,14 +532,18 @@ class SimServer:
             ],
         }
         if not b.no_usage:
-            out["usage"] = self._usage(b)
+            out["usage"] = self._usage(b, turn)
         return out
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], b: Behavior
+        self, request: web.Request, body: dict[str, Any], b: Behavior, turn: _Turn
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **turn.headers,
+            }
         )
         await resp.prepare(request)
         model = b.model or body.get("model", "sim")
@@ -449,8 +566,7 @@ class SimServer:
             await resp.write_eof()
             return resp
         await resp.write(event({"role": "assistant", "content": ""}))
-        if b.stall_first_chunk:
-            await asyncio.sleep(b.stall_first_chunk)
+        await _sleep(turn.delay + b.stall_first_chunk)
         if b.malformed:
             await resp.write(b'data: {"id": "chatcmpl-sim", "choices": [{"delta": {"content\n\n')
         tool = self._wants_tool(body, b)
@@ -495,7 +611,7 @@ class SimServer:
                 "created": created,
                 "model": model,
                 "choices": [],
-                "usage": self._usage(b),
+                "usage": self._usage(b, turn),
             }
             await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
         if not b.no_done:
@@ -512,17 +628,24 @@ class SimServer:
             return None
         return {"name": tools[0].get("name", "tool"), "arguments": json.dumps({"city": "Paris"})}
 
-    def _anthropic_usage(self, b: Behavior, output: int) -> dict[str, int]:
-        # `cached_tokens` (of `prompt_tokens`) means what it means for OpenAI: Anthropic
-        # counts those apart from `input_tokens`.
+    @staticmethod
+    def _anthropic_usage(turn: _Turn, output: int, b: Behavior) -> dict[str, int]:
+        # With the prompt cache on, Anthropic's three input counts add up to the prompt;
+        # without it the behaviour's fixed cache counts come on top (as before), and a
+        # fixed `cached_tokens` of the prompt is counted apart from `input_tokens`, as
+        # it means for OpenAI.
+        if turn.cached:
+            fresh, read = turn.prompt - turn.read - turn.write, turn.read
+        else:
+            fresh, read = turn.prompt - b.cached_tokens, turn.read + b.cached_tokens
         return {
-            "input_tokens": b.prompt_tokens - b.cached_tokens,
-            "cache_creation_input_tokens": b.cache_write,
-            "cache_read_input_tokens": b.cache_read + b.cached_tokens,
+            "input_tokens": fresh,
+            "cache_creation_input_tokens": turn.write,
+            "cache_read_input_tokens": read,
             "output_tokens": output,
         }
 
-    def _message(self, body: dict[str, Any], b: Behavior) -> dict[str, Any]:
+    def _message(self, body: dict[str, Any], b: Behavior, turn: _Turn) -> dict[str, Any]:
         """A whole Message (a request without ``stream``, or ``ignore_stream``)."""
         tool = self._wants_tool_use(body, b)
         content: list[dict[str, Any]] = []
@@ -544,15 +667,19 @@ class SimServer:
             "content": content,
             "stop_reason": "tool_use" if tool else "end_turn",
             "stop_sequence": None,
-            "usage": self._anthropic_usage(b, completion),
+            "usage": self._anthropic_usage(turn, completion, b),
         }
 
     async def _stream_messages(
-        self, request: web.Request, body: dict[str, Any], b: Behavior
+        self, request: web.Request, body: dict[str, Any], b: Behavior, turn: _Turn
     ) -> web.StreamResponse:
         """A streamed Message, in the event order of Anthropic's streaming docs."""
         resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **turn.headers,
+            }
         )
         await resp.prepare(request)
         start: dict[str, Any] = {
@@ -563,11 +690,10 @@ class SimServer:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": self._anthropic_usage(b, 1),
+            "usage": self._anthropic_usage(turn, 1, b),
         }
         await resp.write(_sse({"type": "message_start", "message": start}))
-        if b.stall_first_chunk:
-            await asyncio.sleep(b.stall_first_chunk)
+        await _sleep(turn.delay + b.stall_first_chunk)
         if b.malformed:
             await resp.write(b'event: content_block_delta\ndata: {"type": "content_block_d\n\n')
         tool = self._wants_tool_use(body, b)
@@ -653,6 +779,268 @@ class SimServer:
         return resp
 
 
+async def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+
+
+# -- the prompt cache ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Prefix:
+    """The prompt up to a message boundary: its hash and its estimated tokens."""
+
+    digest: bytes
+    tokens: int
+
+
+def _content_text(content: Any) -> str:
+    """A message's content as text: text parts as they are, other parts as JSON.
+
+    ``cache_control`` markers are left out: clients move them to the newest message each
+    turn, and a moved marker must not make an earlier prefix look new.
+    """
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, dict):
+                rest = {k: v for k, v in part.items() if k != "cache_control"}
+                parts.append(json.dumps(rest, sort_keys=True))
+            else:
+                parts.append(json.dumps(part, sort_keys=True))
+        return "".join(parts)
+    return json.dumps(content, sort_keys=True)
+
+
+def _prompt_prefixes(body: dict[str, Any], model: str, *, anthropic: bool) -> list[_Prefix]:
+    """Every prefix of the prompt at a message boundary (system first), shortest first.
+
+    Tokens are estimated at 4 characters a token over the system and messages text, so
+    the same prompt always counts the same; the hash covers the model and each
+    message's role, so another model or a changed message is another prefix.
+    """
+    segments: list[tuple[str, str]] = []
+    if anthropic and body.get("system"):
+        segments.append(("system", _content_text(body["system"])))
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        text = _content_text(message.get("content"))
+        if message.get("tool_calls"):
+            text += json.dumps(message["tool_calls"], sort_keys=True)
+        segments.append((str(message.get("role", "")), text))
+    digest = hashlib.sha256(model.encode())
+    chars = 0
+    out: list[_Prefix] = []
+    for role, text in segments:
+        digest.update(json.dumps([role, text]).encode())
+        chars += len(text)
+        out.append(_Prefix(digest.copy().digest(), math.ceil(chars / 4)))
+    return out
+
+
+class _PromptCache:
+    """The prefixes a backend has served, with when each was last seen.
+
+    A request's cached tokens are those of its longest prefix seen within the TTL
+    (and at least ``cache_min_tokens``); serving it refreshes every prefix, as a
+    provider's cache hit restarts its TTL.  Bounded: the least recently seen go first.
+    """
+
+    def __init__(self, bound: int = 100_000) -> None:
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._bound = bound
+
+    def lookup(self, prefixes: list[_Prefix], now: float, ttl: float, min_tokens: int) -> int:
+        """The tokens of the longest live cached prefix (0 when none)."""
+        for prefix in reversed(prefixes):
+            if prefix.tokens < min_tokens:
+                return 0
+            seen = self._seen.get(prefix.digest)
+            if seen is not None and now - seen < ttl:
+                return prefix.tokens
+        return 0
+
+    def store(self, prefixes: list[_Prefix], now: float, min_tokens: int) -> None:
+        """Remember every cacheable prefix as seen ``now``."""
+        for prefix in prefixes:
+            if prefix.tokens >= min_tokens:
+                self._seen[prefix.digest] = now
+                self._seen.move_to_end(prefix.digest)
+        while len(self._seen) > self._bound:
+            self._seen.popitem(last=False)
+
+
+# -- rate limits ----------------------------------------------------------------------------
+
+_WINDOW = 60.0  # seconds: rpm_limit and tpm_limit are per rolling minute
+
+
+class _Over(enum.Enum):
+    """Which limit refused a request."""
+
+    REQUESTS = "requests"
+    TOKENS = "tokens"
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """A rate-limit decision and what the headers say after it."""
+
+    over: _Over | None
+    retry_after: int | None  # whole seconds until the window frees enough (ceil)
+    rpm: int
+    tpm: int
+    used_requests: int
+    used_prompt: int
+    used_completion: int
+    reset_in: float  # seconds until the window is empty again ("fully replenished")
+
+    def headers(self, now: float, *, anthropic: bool) -> dict[str, str]:
+        """The rate-limit headers of the API form (only for the limits that are set)."""
+        out: dict[str, str] = {}
+        reset = max(self.reset_in, 0.0)
+        used_tokens = self.used_prompt + self.used_completion
+        if anthropic:
+            at = _rfc3339(now + reset)
+            if self.rpm:
+                remaining = max(self.rpm - self.used_requests, 0)
+                out.update(_anthropic_trio("requests", self.rpm, remaining, at))
+            if self.tpm:
+                # One limit over prompt + completion; the input and output trios show the
+                # same limit against each side alone, so `tokens` is always the smallest.
+                for name, used in (
+                    ("tokens", used_tokens),
+                    ("input-tokens", self.used_prompt),
+                    ("output-tokens", self.used_completion),
+                ):
+                    out.update(_anthropic_trio(name, self.tpm, max(self.tpm - used, 0), at))
+        else:
+            duration = go_duration(reset)
+            if self.rpm:
+                out["x-ratelimit-limit-requests"] = str(self.rpm)
+                out["x-ratelimit-remaining-requests"] = str(max(self.rpm - self.used_requests, 0))
+                out["x-ratelimit-reset-requests"] = duration
+            if self.tpm:
+                out["x-ratelimit-limit-tokens"] = str(self.tpm)
+                out["x-ratelimit-remaining-tokens"] = str(max(self.tpm - used_tokens, 0))
+                out["x-ratelimit-reset-tokens"] = duration
+        if self.retry_after is not None:
+            out["retry-after"] = str(self.retry_after)
+        return out
+
+
+def _anthropic_trio(name: str, limit: int, remaining: int, reset: str) -> dict[str, str]:
+    return {
+        f"anthropic-ratelimit-{name}-limit": str(limit),
+        f"anthropic-ratelimit-{name}-remaining": str(remaining),
+        f"anthropic-ratelimit-{name}-reset": reset,
+    }
+
+
+class _RateWindow:
+    """The admitted requests of the last minute: (time, prompt tokens, completion tokens)."""
+
+    def __init__(self) -> None:
+        self._entries: deque[tuple[float, int, int]] = deque()
+
+    def admit(self, now: float, prompt: int, completion: int, rpm: int, tpm: int) -> _Verdict:
+        """Admit one request (counting it) or refuse it, saying when to come back."""
+        while self._entries and self._entries[0][0] <= now - _WINDOW:
+            self._entries.popleft()
+        entries = list(self._entries)
+        over, retry = None, None
+        if rpm and len(entries) >= rpm:
+            # The oldest len - rpm + 1 requests must leave the window first.
+            over, retry = _Over.REQUESTS, entries[len(entries) - rpm][0] + _WINDOW - now
+        elif tpm:
+            excess = sum(p + c for _, p, c in entries) + prompt + completion - tpm
+            if excess > 0:
+                over, retry = _Over.TOKENS, _WINDOW
+                for t, p, c in entries:
+                    excess -= p + c
+                    if excess <= 0:
+                        retry = t + _WINDOW - now
+                        break
+        if over is None:
+            self._entries.append((now, prompt, completion))
+            entries.append((now, prompt, completion))
+        return _Verdict(
+            over=over,
+            retry_after=None if retry is None else max(1, math.ceil(retry)),
+            rpm=rpm,
+            tpm=tpm,
+            used_requests=len(entries),
+            used_prompt=sum(p for _, p, _ in entries),
+            used_completion=sum(c for _, _, c in entries),
+            reset_in=entries[-1][0] + _WINDOW - now if entries else 0.0,
+        )
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as OpenAI's headers write it (Go's style): ``20ms``, ``59.5s``, ``6m0s``."""
+    ms = max(0, round(seconds * 1000))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{secs}"
+    if minutes:
+        return f"{minutes}m{secs}"
+    return secs
+
+
+def _rfc3339(epoch: float) -> str:
+    """An RFC 3339 UTC time, rounded up to the second (a reset never comes early)."""
+    return datetime.fromtimestamp(math.ceil(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """What one request gets: usage's prompt and cache tokens, its delay, its headers."""
+
+    prompt: int  # usage's prompt tokens (all of them, cached included)
+    read: int  # of which read from the cache
+    write: int  # of which newly written to it (reported by the Anthropic form)
+    delay: float  # seconds before the first content
+    prefixes: list[_Prefix]
+    cached: bool  # the prompt cache is on
+    headers: dict[str, str] = field(default_factory=dict)
+    limited: _Over | None = None
+    retry_after: int | None = None
+
+
+def _limited_error(turn: _Turn, *, anthropic: bool) -> web.Response:
+    """A 429 for a request over ``rpm_limit`` / ``tpm_limit``, in the API's error shape."""
+    over = turn.limited.value if turn.limited else "requests"
+    unit = "requests per min (RPM)" if over == "requests" else "tokens per min (TPM)"
+    message = f"Rate limit reached on {unit}. Please try again in {turn.retry_after}s."
+    payload: dict[str, Any]
+    if anthropic:
+        payload = {"type": "error", "error": {"type": "rate_limit_error", "message": message}}
+    else:
+        payload = {
+            "error": {
+                "message": message,
+                "type": over,
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+        }
+    return web.json_response(payload, status=429, headers=turn.headers)
+
+
 def _prefix(body: dict[str, Any]) -> str:
     """The text of a trailing assistant message (a partial answer to continue)."""
     messages = body.get("messages") or []
@@ -724,10 +1112,13 @@ def _anthropic_error(status: int, b: Behavior, key: str = "") -> web.Response:
 
 @contextlib.asynccontextmanager
 async def serve(
-    behavior: Behavior | str | None = None, *, port: int = 0
+    behavior: Behavior | str | None = None,
+    *,
+    port: int = 0,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[SimServer]:
     """Run one simulated backend for the duration of the block."""
-    server = SimServer(behavior, port=port)
+    server = SimServer(behavior, port=port, clock=clock)
     await server.start()
     try:
         yield server
@@ -737,7 +1128,10 @@ async def serve(
 
 @contextlib.contextmanager
 def serve_in_thread(
-    behavior: Behavior | str | None = None, *, port: int = 0
+    behavior: Behavior | str | None = None,
+    *,
+    port: int = 0,
+    clock: Callable[[], float] = time.time,
 ) -> typing.Iterator[SimServer]:
     """Run one simulated backend on its own event loop in a thread (for sync tests).
 
@@ -746,7 +1140,7 @@ def serve_in_thread(
     import threading
 
     loop = asyncio.new_event_loop()
-    server = SimServer(behavior, port=port)
+    server = SimServer(behavior, port=port, clock=clock)
     ready = threading.Event()
 
     def run() -> None:

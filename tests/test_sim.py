@@ -328,4 +328,7 @@ async def test_stats_endpoint() -> None:
             "hits": 1,
             "completed": 1,
             "disconnects": 0,
+            "limited": 0,
+            "prompt_tokens": 12,
+            "cached_tokens": 0,
         }
