@@ -78,7 +78,7 @@ class Behavior:
     prompt_tokens: int = 12
     completion_tokens: int | None = None  # default: one per content chunk
     no_usage: bool = False  # never report usage (as some backends do)
-    cached_tokens: int = 0  # report this many prompt tokens as read from the cache
+    cached_tokens: int = 0  # this many of prompt_tokens were read from the cache (both APIs)
     tool_call: bool = False  # answer with a call to the request's first tool
     thinking: str = ""  # Anthropic: a thinking block (and its signature) before the text
     cache_read: int = 0  # Anthropic: cache_read_input_tokens reported
@@ -513,10 +513,12 @@ class SimServer:
         return {"name": tools[0].get("name", "tool"), "arguments": json.dumps({"city": "Paris"})}
 
     def _anthropic_usage(self, b: Behavior, output: int) -> dict[str, int]:
+        # `cached_tokens` (of `prompt_tokens`) means what it means for OpenAI: Anthropic
+        # counts those apart from `input_tokens`.
         return {
-            "input_tokens": b.prompt_tokens,
+            "input_tokens": b.prompt_tokens - b.cached_tokens,
             "cache_creation_input_tokens": b.cache_write,
-            "cache_read_input_tokens": b.cache_read,
+            "cache_read_input_tokens": b.cache_read + b.cached_tokens,
             "output_tokens": output,
         }
 

@@ -34,7 +34,7 @@ from lbprovider.errors import (
     RefusedError,
     RequestRejectedError,
 )
-from lbprovider.gateway import chat, messages
+from lbprovider.gateway import chat, messages, responses
 from lbprovider.gateway.forms import Asked, ErrorKind, Form
 from lbprovider.gateway.keys import ServeKeys, presented_key
 from lbprovider.gateway.metrics import GatewayMetrics, RequestOutcome
@@ -53,7 +53,7 @@ access_log = logging.getLogger("lbprovider.gateway.access")
 logger = logging.getLogger("lbprovider.gateway")
 
 # One module per API form; the Anthropic form answers errors on its paths too.
-FORMS: dict[str, Form] = {chat.FORM.name: chat.FORM, messages.FORM.name: messages.FORM}
+FORMS: dict[str, Form] = {form.name: form for form in (chat.FORM, messages.FORM, responses.FORM)}
 RETRY_AFTER_MAX_S = 30  # SPEC §3.3: the Retry-After given when nothing could serve
 _KINDS_BY_STATUS = {
     400: ErrorKind.INVALID_REQUEST,
