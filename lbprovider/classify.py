@@ -73,12 +73,6 @@ def classify(
         kind = FailureKind.RETRYABLE
     else:
         kind = FailureKind.IMMEDIATE
-    return BackendError(
-        scrub(err.message, secrets),
-        member=member,
-        status=status,
-        kind=kind,
-        retry_after=err.retry_after,
-        network=err.network,
-        code=err.code,
-    )
+    fields = err.failure_fields()
+    fields["member"] = member
+    return BackendError(scrub(err.message, secrets), kind=kind, **fields)

@@ -10,13 +10,14 @@
     │   ├── ProfileValidationError   a field with a bad value (names the field path)
     │   └── InvalidRequestError      a request that cannot be sent as given (not valid text,
     │                                a message of the wrong shape): no member is asked
-    ├── TransportError               a transport's failure in neutral terms (.status,
-    │                                .retry_after, .code, .network, .timeout): what every
-    │                                transport raises, and all that classification reads
-    ├── BackendError                 one member failed one attempt, classified (.kind)
-    │   ├── FirstChunkTimeoutError   no content chunk within timeout_ms (retryable)
-    │   ├── StreamIdleTimeoutError   no chunk for stream_idle_timeout_ms after the first
-    │   └── StreamInterruptedError   failed after text reached the caller (never replayed)
+    ├── AttemptError                 one failed call to one member: .member, .status,
+    │   │                            .retry_after, .code, .network, .timeout (written once)
+    │   ├── TransportError           a transport's failure in neutral terms: what every
+    │   │                            transport raises, and all that classification reads
+    │   └── BackendError             one member failed one attempt, classified (.kind)
+    │       ├── FirstChunkTimeoutError   no content chunk within timeout_ms (retryable)
+    │       ├── StreamIdleTimeoutError   no chunk for stream_idle_timeout_ms after the first
+    │       └── StreamInterruptedError   failed after text reached the caller (no replay)
     ├── NoBackendAvailableError      every member failed or was skipped (.failures)
     │   └── RequestRejectedError     every member rejected the request itself (400-like)
     └── RefusedError                 the gateway refused a client at its door (.status:
@@ -33,8 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TypedDict
 
 __all__ = [
+    "AttemptError",
     "BackendError",
     "ConfigError",
     "FailureKind",
@@ -150,17 +153,27 @@ class InvalidRequestError(ConfigError):
     it counts against no member."""
 
 
-class TransportError(LBError):
-    """One call to a member failed, in terms no client library owns (SPEC §4.1).
+class FailureFields(TypedDict):
+    """:class:`AttemptError`'s fields, as keyword arguments."""
 
-    Each transport maps its own exceptions to this one at its boundary (as httpx maps
-    lower-layer errors), so routing rules never see litellm's, aiohttp's or an SDK's
-    classes.  ``status`` is the HTTP status when there was a response, ``retry_after``
-    the backend's wait in seconds (``Retry-After`` as seconds or an HTTP date, or
-    ``retry-after-ms``), ``code`` the provider's error code
+    member: str | None
+    status: int | None
+    retry_after: float | None
+    code: str | None
+    network: bool
+    timeout: bool
+
+
+class AttemptError(LBError):
+    """What one failed call to one member says, in fields every layer shares.
+
+    ``member`` is the member profile's name, ``status`` the HTTP status when there was a
+    response, ``retry_after`` the backend's wait in seconds (``Retry-After`` as seconds
+    or an HTTP date, or ``retry-after-ms``), ``code`` the provider's error code
     (``context_length_exceeded``, ``content_policy_violation``, ...), ``network`` a
-    connection that failed or broke, ``timeout`` a client-side timeout.  The message
-    has the member's secrets removed already.
+    connection that failed or broke, ``timeout`` a wait that ran out (the client's, or
+    the engine's first-chunk or idle limit).  Written once, so a transport's facts reach
+    routing whole (:class:`TransportError` → :class:`BackendError`).
     """
 
     def __init__(
@@ -173,6 +186,7 @@ class TransportError(LBError):
         code: str | None = None,
         network: bool = False,
         timeout: bool = False,
+        retryable: bool | None = None,
     ) -> None:
         self.member = member
         self.status = status
@@ -180,7 +194,28 @@ class TransportError(LBError):
         self.code = code
         self.network = network
         self.timeout = timeout
-        super().__init__(message)
+        super().__init__(message, retryable=retryable)
+
+    def failure_fields(self) -> FailureFields:
+        """The shared fields, to build another error of this family from this one."""
+        return {
+            "member": self.member,
+            "status": self.status,
+            "retry_after": self.retry_after,
+            "code": self.code,
+            "network": self.network,
+            "timeout": self.timeout,
+        }
+
+
+class TransportError(AttemptError):
+    """One call to a member failed, in terms no client library owns (SPEC §4.1).
+
+    Each transport maps its own exceptions to this one at its boundary (as httpx maps
+    lower-layer errors), so routing rules never see litellm's, aiohttp's or an SDK's
+    classes; the fields are :class:`AttemptError`'s.  The message has the member's
+    secrets removed already.
+    """
 
 
 class FailureKind(StrEnum):
@@ -192,16 +227,14 @@ class FailureKind(StrEnum):
     FINAL = "final"  # the request ends: a content-policy refusal (unless failing over on it)
 
 
-class BackendError(LBError):
-    """One member failed one attempt.
+class BackendError(AttemptError):
+    """One member failed one attempt, classified.
 
-    ``member`` is the member profile's name, ``status`` the HTTP status when there
-    was one, ``kind`` what the failure means for routing, ``retry_after`` the
-    backend's ``Retry-After`` in seconds when given, ``code`` the provider's error
-    code.  ``timeout``: the engine gave up waiting (first chunk, idle stream);
-    ``interrupted``: the stream broke after its first chunk.  Neither is retried on the
-    same member: a silent backend stays silent, a broken answer is not asked again.
-    ``retryable`` is true for :attr:`FailureKind.RETRYABLE`.
+    The fields are :class:`AttemptError`'s, plus ``kind``, what the failure means for
+    routing, and ``interrupted``: the stream broke after its first chunk.  Neither a
+    timeout nor an interruption is retried on the same member: a silent backend stays
+    silent, a broken answer is not asked again.  ``retryable`` is true for
+    :attr:`FailureKind.RETRYABLE`.
     """
 
     def __init__(
@@ -217,15 +250,18 @@ class BackendError(LBError):
         timeout: bool = False,
         interrupted: bool = False,
     ) -> None:
-        self.member = member
-        self.status = status
         self.kind = kind
-        self.retry_after = retry_after
-        self.network = network
-        self.code = code
-        self.timeout = timeout
         self.interrupted = interrupted
-        super().__init__(message, retryable=kind is FailureKind.RETRYABLE)
+        super().__init__(
+            message,
+            member=member,
+            status=status,
+            retry_after=retry_after,
+            code=code,
+            network=network,
+            timeout=timeout,
+            retryable=kind is FailureKind.RETRYABLE,
+        )
 
     @property
     def counts_for_breaker(self) -> bool:
@@ -273,14 +309,13 @@ class StreamInterruptedError(BackendError):
 
     def __init__(self, cause: BackendError) -> None:
         self.cause = cause
+        fields = cause.failure_fields()
+        fields["retry_after"] = None  # a broken answer is never waited for
         super().__init__(
             f"{cause.member} failed after the answer had started: {cause.message}",
-            member=cause.member,
-            status=cause.status,
             kind=cause.kind,
-            network=cause.network,
-            code=cause.code,
             interrupted=True,
+            **fields,
         )
 
 

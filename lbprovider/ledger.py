@@ -39,6 +39,7 @@ __all__ = [
     "METRICS",
     "TPM",
     "Change",
+    "Decided",
     "Key",
     "Kind",
     "Ledger",
@@ -125,6 +126,16 @@ class Change(Generic[R]):
     after: R
 
 
+@dataclass(frozen=True, slots=True)
+class Decided(Generic[T, R]):
+    """What :meth:`Ledger.decide` answers: the decision, the record's change, and the
+    records read in the same trip."""
+
+    decision: T
+    change: Change[R]
+    known: dict[Key[Any], Any]
+
+
 class _Step:
     """A raw updater applying a typed step; remembers the last before/after (a store may
     run an updater again after a conflict, so only the last run counts)."""
@@ -181,21 +192,27 @@ class Ledger:
         return self._changes(wrapped)
 
     async def decide(
-        self, key: Key[R], step: Callable[[R], tuple[R, T]], *, read: Iterable[Key[Any]] = ()
-    ) -> tuple[T, dict[Key[Any], Any]]:
-        """Apply one step that also returns a decision, atomically; return the decision,
-        and the records under ``read`` as they were then (fetched in the same trip)."""
+        self, key: Key[R], step: Callable[[R], tuple[T, R]], *, read: Iterable[Key[Any]] = ()
+    ) -> Decided[T, R]:
+        """Apply one step that also returns a decision, atomically.  ``step`` answers
+        ``(decision, new record)`` — the order of every decision function here
+        (:func:`~lbprovider.policies.begin`, :func:`~lbprovider.breaker.admit`).  The
+        result holds the decision, the record before and after, and the records under
+        ``read`` as they were then (fetched in the same trip)."""
         decided: list[T] = []
 
         def run(record: R) -> R:
-            new, decision = step(record)
+            decision, new = step(record)
             decided[:] = [decision]
             return new
 
         read = [k for k in read if k != key]
-        updates, _, ttl = self._raw({key: run})
+        updates, wrapped, ttl = self._raw({key: run})
         raw = await self.store.aupdate_many(updates, ttl_s=ttl, read=[str(k) for k in read])
-        return decided[-1], {k: k.kind.decode(raw.get(str(k))) for k in read}
+        change = wrapped[0].change
+        assert change is not None  # the store ran the step
+        known = {k: k.kind.decode(raw.get(str(k))) for k in read}
+        return Decided(decided[-1], change, known)
 
     def post(self, steps: Steps) -> None:
         """Apply ``steps`` soon, without waiting (counters: write-behind, in order)."""

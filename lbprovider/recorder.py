@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lbprovider import breaker as brk
@@ -27,9 +28,33 @@ from lbprovider.profiles import LoadBalancerConfig, Member, Policy
 from lbprovider.selection import state_changes
 from lbprovider.transport import Usage
 
-__all__ = ["Recorder"]
+__all__ = ["Part", "Recorder"]
 
 logger = logging.getLogger("lbprovider")
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One member's part in one request, as it ended: the facts the recorder writes
+    down, carried whole instead of as loose arguments.
+
+    ``member`` at ``index``, in the request that started at ``start`` (its ticket and
+    start index); ``probe``: it held the half-open probe; ``failback``: the fail-back
+    attempt on member 0; ``continued``: it continued an interrupted answer; ``usage``:
+    what it was billed for; times in milliseconds; ``malformed``: events it sent that
+    could not be read.
+    """
+
+    member: Member
+    index: int
+    start: policies.Start
+    probe: bool = False
+    failback: bool = False
+    continued: bool = False
+    latency_ms: float = 0.0
+    first_chunk_ms: float | None = None
+    usage: Usage | None = None
+    malformed: int = 0
 
 
 class Recorder:
@@ -127,18 +152,10 @@ class Recorder:
             failure=err.kind.value,
         )
 
-    async def member_failed(
-        self,
-        member: Member,
-        index: int,
-        err: BackendError,
-        *,
-        ticket: int,
-        probe: bool,
-        failback: bool,
-        open_now: bool,
-    ) -> None:
-        """A member's final failure in one request: its breaker, the sticky index."""
+    async def member_failed(self, part: Part, err: BackendError, *, open_now: bool) -> None:
+        """A member's final failure in one request: its breaker, the sticky index
+        (``open_now``: a ``Retry-After`` longer than we wait opens the breaker at once)."""
+        member, index, probe, ticket = part.member, part.index, part.probe, part.start.ticket
         now, policy = self.clock.now(), self.breaker_policy
         if err.counts_for_breaker:
             breaker_step = lambda r: brk.on_failure(  # noqa: E731
@@ -147,11 +164,11 @@ class Recorder:
         else:
             breaker_step = lambda r: brk.on_release(r, probe=probe)  # noqa: E731
         lb_step = None
-        if self._failover and not failback:  # a failed fail-back leaves the index alone
+        if self._failover and not part.failback:  # a failed fail-back leaves the index alone
             following = (index + 1) % len(self.config.members)
             lb_step = lambda r: policies.move_sticky(r, following, ticket, now)  # noqa: E731
         await self._apply(member, breaker_step=breaker_step, lb_step=lb_step, wait=True)
-        if failback:
+        if part.failback:
             self.emit(EventKind.FAILBACK, member.name, "failure", status=err.status)
         self.emit(
             EventKind.FAILOVER, member.name, err.kind.value, status=err.status, detail=err.message
@@ -161,23 +178,11 @@ class Recorder:
         """A probe ended saying nothing about health (the caller cancelled)."""
         await self._apply(member, breaker_step=lambda r: brk.on_release(r, probe=True))
 
-    async def served(
-        self,
-        member: Member,
-        index: int,
-        *,
-        ticket: int,
-        start_index: int,
-        probe: bool,
-        failback: bool,
-        latency_ms: float,
-        first_chunk_ms: float,
-        usage: Usage,
-        malformed: int,
-        continued: bool = False,
-    ) -> None:
-        """A member served the whole answer (``continued``: the end of an interrupted one);
-        ``usage``: what it was billed for, counted in its tokens and TPM."""
+    async def served(self, part: Part) -> None:
+        """A member served the whole answer (``part.continued``: the end of an interrupted
+        one); ``part.usage``: what it was billed for, counted in its tokens and TPM."""
+        member, index, ticket, failback = part.member, part.index, part.start.ticket, part.failback
+        usage = part.usage or Usage()
         now, policy, failover = self.clock.now(), self.breaker_policy, self._failover
 
         def lb_step(r: policies.LBRecord) -> policies.LBRecord:
@@ -192,21 +197,23 @@ class Recorder:
             metrics_step=lambda m: stats.record_attempt(
                 m,
                 stats.Outcome.SUCCESS,
-                latency_ms=latency_ms,
-                first_chunk_ms=first_chunk_ms,
+                latency_ms=part.latency_ms,
+                first_chunk_ms=part.first_chunk_ms,
                 tokens=usage.total_tokens,
                 cache_read_tokens=usage.cache_read_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
                 at=now,
-                malformed=malformed,
-                continued=continued,
+                malformed=part.malformed,
+                continued=part.continued,
             ),
             # Only a probe's success changes a breaker; anything else need not wait.
-            breaker_step=(lambda r: brk.on_success(r, now, policy, probe=True)) if probe else None,
+            breaker_step=(
+                (lambda r: brk.on_success(r, now, policy, probe=True)) if part.probe else None
+            ),
             tokens=usage.total_tokens,
             lb_step=lb_step,
             # Moving the sticky index must be in place before the next request starts.
-            wait=failback or (failover and index != start_index),
+            wait=failback or (failover and index != part.start.index),
         )
         if failback:
             self.emit(EventKind.FAILBACK, member.name, "success")
@@ -214,30 +221,19 @@ class Recorder:
             EventKind.ATTEMPT,
             member.name,
             "success",
-            latency_ms=latency_ms,
-            first_chunk_ms=first_chunk_ms,
+            latency_ms=part.latency_ms,
+            first_chunk_ms=part.first_chunk_ms,
         )
         self.emit(EventKind.REQUEST, member.name, "success")
 
-    async def broke(
-        self,
-        member: Member,
-        index: int,
-        err: BackendError,
-        *,
-        ticket: int,
-        probe: bool,
-        latency_ms: float,
-        first_chunk_ms: float,
-        malformed: int,
-        usage: Usage | None = None,
-    ) -> None:
+    async def broke(self, part: Part, err: BackendError) -> None:
         """The member's stream broke after text reached the caller: its failure (an
         interruption), never replayed.  The request is counted by whoever ends it;
-        ``usage``, what the member was billed for all the same, counts in its tokens and
-        TPM."""
+        ``part.usage``, what the member was billed for all the same, counts in its tokens
+        and TPM."""
+        member, ticket, usage = part.member, part.start.ticket, part.usage
         now, policy, failover = self.clock.now(), self.breaker_policy, self._failover
-        following = (index + 1) % len(self.config.members)
+        following = (part.index + 1) % len(self.config.members)
 
         def lb_step(r: policies.LBRecord) -> policies.LBRecord:
             return policies.move_sticky(r, following, ticket, now) if failover else r
@@ -247,17 +243,19 @@ class Recorder:
             metrics_step=lambda m: stats.record_attempt(
                 m,
                 stats.Outcome.FAILURE,
-                latency_ms=latency_ms,
-                first_chunk_ms=first_chunk_ms,
+                latency_ms=part.latency_ms,
+                first_chunk_ms=part.first_chunk_ms,
                 error=err.reason(),
                 at=now,
-                malformed=malformed,
+                malformed=part.malformed,
                 interrupted=True,
                 tokens=usage.total_tokens if usage else 0,
                 cache_read_tokens=usage.cache_read_tokens if usage else 0,
                 cache_write_tokens=usage.cache_write_tokens if usage else 0,
             ),
-            breaker_step=lambda r: brk.on_failure(r, now, policy, err.retry_after, probe=probe),
+            breaker_step=lambda r: brk.on_failure(
+                r, now, policy, err.retry_after, probe=part.probe
+            ),
             tokens=usage.total_tokens if usage else None,
             lb_step=lb_step if failover else None,
             wait=failover,
@@ -267,10 +265,10 @@ class Recorder:
             member.name,
             "interrupted",
             status=err.status,
-            latency_ms=latency_ms,
+            latency_ms=part.latency_ms,
             detail=err.message,
             failure=err.kind.value,
-            first_chunk_ms=first_chunk_ms,
+            first_chunk_ms=part.first_chunk_ms,
         )
 
     async def request_failed(self, ticket: int, *, whole_rotation: bool = True) -> None:

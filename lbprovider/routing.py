@@ -35,7 +35,7 @@ from lbprovider.events import EventHook
 from lbprovider.ledger import Ledger
 from lbprovider.messages import check_messages
 from lbprovider.profiles import Continuation, LoadBalancerConfig, Member
-from lbprovider.recorder import Recorder
+from lbprovider.recorder import Part, Recorder
 from lbprovider.retry import RetryPolicy
 from lbprovider.selection import Admitted, Candidate, Known, Plan, Selection, keep_probe
 from lbprovider.state import StateStore
@@ -292,15 +292,14 @@ class Router:
     async def _member_failed(self, req: Request, cand: Candidate, err: BackendError) -> None:
         """A member's final failure for this request: recorded, and listed in the trace."""
         member = self.config.members[cand.index]
-        await self.recorder.member_failed(
+        part = Part(
             member,
             cand.index,
-            err,
-            ticket=req.start.ticket,
+            req.start,
             probe=await self._drop_probe(req, cand.index),
             failback=cand.failback,
-            open_now=self.retry.too_long(err),
         )
+        await self.recorder.member_failed(part, err, open_now=self.retry.too_long(err))
         req.trace.failures.append(
             MemberFailure(
                 member.name,
@@ -436,35 +435,25 @@ class Router:
         billed = usage or Usage(completion_tokens=window.estimate_tokens(req.messages, text))
         previous = req.trace.usage
         req.trace.usage = billed if previous is None else previous + billed
-        if error is not None:
-            await self.recorder.broke(
-                member,
-                cand.index,
-                error,
-                ticket=req.start.ticket,
-                probe=probe,
-                latency_ms=latency,
-                first_chunk_ms=opened.first_chunk_ms,
-                malformed=malformed,
-                usage=billed,
-            )
-            req.trace.failures.append(
-                MemberFailure(member.name, error.reason(), status=error.status, kind=error.kind)
-            )
-            return
-        await self.recorder.served(
+        part = Part(
             member,
             cand.index,
-            ticket=req.start.ticket,
-            start_index=req.start.index,
+            req.start,
             probe=probe,
             failback=cand.failback,
+            continued=opened.continued,
             latency_ms=latency,
             first_chunk_ms=opened.first_chunk_ms,
             usage=billed,
             malformed=malformed,
-            continued=opened.continued,
         )
+        if error is not None:
+            await self.recorder.broke(part, error)
+            req.trace.failures.append(
+                MemberFailure(member.name, error.reason(), status=error.status, kind=error.kind)
+            )
+            return
+        await self.recorder.served(part)
 
     async def _continuation(self, req: Request, delivered: str) -> _Open | None:
         """After an interruption: the next admitted member, if it declares

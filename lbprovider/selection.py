@@ -198,19 +198,18 @@ class Selection:
         n = len(cfg.members)
         failback_s = cfg.settings.failback_after_ms / 1000
 
-        def begin(rec: policies.LBRecord) -> tuple[policies.LBRecord, policies.Start]:
-            start, new = policies.begin(rec, cfg.policy, n, now, failback_s)
-            return new, start
+        def begin(rec: policies.LBRecord) -> tuple[policies.Start, policies.LBRecord]:
+            return policies.begin(rec, cfg.policy, n, now, failback_s)
 
         step = 1 if cfg.policy is Policy.ROUNDROBIN else 0
         likely = (self._last_start + step) % n
         ahead = {0} | {(likely + i) % n for i in range(min(n, READ_AHEAD))}
         names = [cfg.members[i].name for i in sorted(ahead)]
-        start, known = await self.ledger.decide(
+        decided = await self.ledger.decide(
             lb_key(cfg.name), begin, read=self._admission_keys(names)
         )
-        self._last_start = start.index
-        return start, known
+        self._last_start = decided.decision.index
+        return decided.decision, decided.known
 
     def _admission_keys(self, names: list[str], *, tpm: bool = True) -> list[Key[Any]]:
         """The records the admissions of the members ``names`` read."""
@@ -253,17 +252,10 @@ class Selection:
 
     async def _admit_not_closed(self, member: Member) -> Admitted:
         now, policy, probe_id = self.clock.now(), self.breaker_policy, secrets.token_hex(8)
-        decided: list[brk.Admission] = []
-
-        def step(rec: brk.BreakerRecord) -> brk.BreakerRecord:
-            admission, new = brk.admit(rec, now, policy, probe_id)
-            decided[:] = [admission]
-            return new
-
-        change = (await self.ledger.aapply({breaker_key(member.name): step}))[
-            breaker_key(member.name)
-        ]
-        admission = decided[-1]
+        decided = await self.ledger.decide(
+            breaker_key(member.name), lambda rec: brk.admit(rec, now, policy, probe_id)
+        )
+        admission, change = decided.decision, decided.change
         return Admitted(
             admission,
             change.before if admission is brk.Admission.SKIP else change.after,

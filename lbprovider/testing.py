@@ -254,15 +254,9 @@ class ScriptedTransport:
 
 def _copy(error: TransportError, member: str) -> TransportError:
     """A fresh exception per raise (a raised exception carries its traceback)."""
-    return TransportError(
-        error.message,
-        member=member,
-        status=error.status,
-        retry_after=error.retry_after,
-        code=error.code,
-        network=error.network,
-        timeout=error.timeout,
-    )
+    fields = error.failure_fields()
+    fields["member"] = member
+    return TransportError(error.message, **fields)
 
 
 class ValkeyServer:
