@@ -1,16 +1,28 @@
-"""Time, injectable: breakers, TPM buckets and latencies read it; tests replace it.
+"""Time, injectable: breakers, TPM buckets, latencies and timeouts read it; tests
+replace it.
 
 ``now()`` is wall-clock epoch seconds, because breaker and TPM state is shared
-between processes through the state store; ``monotonic()`` measures durations.
+between processes through the state store; ``monotonic()`` measures durations;
+``call_later()`` arms a timer on the time line ``ticks()`` reads, which is how the
+first-chunk and idle timeouts fire (so a test's clock can move them too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Clock", "Sleep", "SystemClock"]
+__all__ = ["Clock", "Sleep", "SystemClock", "Timer"]
+
+
+class Timer(Protocol):
+    """An armed timer."""
+
+    def cancel(self) -> None:
+        """Disarm it (idempotent)."""
+        ...
 
 
 class Clock(Protocol):
@@ -22,6 +34,14 @@ class Clock(Protocol):
 
     def monotonic(self) -> float:
         """Seconds from an arbitrary origin, for durations."""
+        ...
+
+    def ticks(self) -> float:
+        """Seconds on the time line the timers of :meth:`call_later` run on."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` once ``delay`` seconds of :meth:`ticks` have passed."""
         ...
 
 
@@ -41,6 +61,14 @@ class SystemClock:
     def monotonic(self) -> float:
         """``time.monotonic()``."""
         return time.monotonic()
+
+    def ticks(self) -> float:
+        """The running event loop's time."""
+        return asyncio.get_running_loop().time()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """The running event loop's timer."""
+        return asyncio.get_running_loop().call_later(delay, callback)
 
 
 async def real_sleep(seconds: float) -> None:

@@ -242,6 +242,7 @@ class Router:
             transport.stream(member, messages or req.messages, req.params, wire),
             self.config.settings.first_chunk_timeout_s,
             member=member.name,
+            clock=self.clock,
         )
         first: Chunk | None = None
         try:
@@ -278,7 +279,9 @@ class Router:
     def _timed_rest(self, stream: FirstChunkTimeout[Chunk], member: Member) -> AsyncIterator[Chunk]:
         """After the first chunk: the source itself, under the idle timeout when set."""
         idle = self.config.settings.stream_idle_timeout_s
-        return IdleTimeout(stream.source, idle, member=member.name) if idle else stream.source
+        if not idle:
+            return stream.source
+        return IdleTimeout(stream.source, idle, member=member.name, clock=self.clock)
 
     def _classify(self, exc: BaseException, member: Member, *, interrupted: bool) -> BackendError:
         err = classify(

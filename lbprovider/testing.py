@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lbprovider.clock import Timer
 from lbprovider.errors import TransportError
 from lbprovider.profiles import Member
 from lbprovider.transport import Chunk, ToolCallDelta, Usage, Wire, call_params
@@ -45,12 +46,20 @@ __all__ = [
 
 
 class FakeClock:
-    """A clock for tests: ``now()`` and ``monotonic()`` move together, by hand."""
+    """A clock for tests: ``now()`` and ``monotonic()`` move together, by hand.
 
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
+    Timeouts (:meth:`call_later`) run on the event loop's real time by default, so a
+    test that moves breaker and TPM time by hand still sees a stalled backend time out;
+    with ``timers=True`` they run on this clock too, firing when :meth:`advance` passes
+    their time (a test of the timeouts themselves, with no real waiting).
+    """
+
+    def __init__(self, start: float = 1_800_000_000.0, *, timers: bool = False) -> None:
         self._now = start
         self._mono = 0.0
         self.slept: list[float] = []
+        self._manual = timers
+        self._timers: list[_FakeTimer] = []
 
     def now(self) -> float:
         """Epoch seconds."""
@@ -60,16 +69,50 @@ class FakeClock:
         """Seconds since the clock was made."""
         return self._mono
 
+    def ticks(self) -> float:
+        """The timers' time line: this clock's with ``timers=True``, else the loop's."""
+        return self._mono if self._manual else asyncio.get_running_loop().time()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Arm a timer on :meth:`ticks`' time line."""
+        if not self._manual:
+            return asyncio.get_running_loop().call_later(delay, callback)
+        timer = _FakeTimer(self._mono + max(0.0, delay), callback)
+        self._timers.append(timer)
+        return timer
+
     def advance(self, seconds: float) -> None:
-        """Move time forward."""
+        """Move time forward, firing the timers it passes (in their order)."""
         self._now += seconds
         self._mono += seconds
+        due = sorted((t for t in self._timers if t.at <= self._mono), key=lambda t: t.at)
+        self._timers = [t for t in self._timers if t.at > self._mono]
+        for timer in due:
+            timer.fire()
 
     async def sleep(self, seconds: float) -> None:
         """Record the wait, advance time, yield to the loop once."""
         self.slept.append(seconds)
         self.advance(seconds)
         await asyncio.sleep(0)
+
+
+class _FakeTimer:
+    """A timer of a :class:`FakeClock`."""
+
+    def __init__(self, at: float, callback: Callable[[], None]) -> None:
+        self.at = at
+        self._callback: Callable[[], None] | None = callback
+
+    def cancel(self) -> None:
+        """Disarm it."""
+        self._callback = None
+
+    def fire(self) -> None:
+        """Run the callback, once, unless disarmed."""
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
 
 
 @dataclass(frozen=True)

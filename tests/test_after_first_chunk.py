@@ -186,25 +186,24 @@ async def _source(gates: list[asyncio.Event]) -> AsyncIterator[int]:
         yield i
 
 
-async def test_idle_wrapper_counts_only_waiting_time(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_idle_wrapper_counts_only_waiting_time() -> None:
     """Time the consumer spends between items is not silence; waiting too long is."""
-    # The loop's own clock, moved by hand: its timers fire when it passes their time.
-    now = [0.0]
-    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now[0])
+    clock = FakeClock(timers=True)  # its timers fire when it is moved past their time
 
     async def let_time_pass(seconds: float) -> None:
-        now[0] += seconds
-        for _ in range(3):  # due timers run, then what they woke
+        clock.advance(seconds)
+        for _ in range(3):  # due timers ran; let what they woke run
             await asyncio.sleep(0)
 
     gates = [asyncio.Event() for _ in range(3)]
     for gate in gates[:2]:
         gate.set()
-    wrapped = IdleTimeout(_source(gates), 0.05, member="m")
+    wrapped = IdleTimeout(_source(gates), 0.05, member="m", clock=clock)
     assert await anext(wrapped) == 0
     await let_time_pass(0.2)  # the consumer's own time: longer than the idle timeout
     assert await anext(wrapped) == 1
     third = asyncio.create_task(anext(wrapped))  # the third item never comes
+    await asyncio.sleep(0)
     await let_time_pass(0.01)
     assert not third.done()  # waiting, not yet too long
     await let_time_pass(0.1)

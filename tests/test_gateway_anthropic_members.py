@@ -185,3 +185,73 @@ async def test_chat_request_to_an_anthropic_member(
         assert sent["tools"][0]["name"] == "get_weather"
         assert sent["messages"] == [{"role": "user", "content": "weather in Paris?"}]
         await api.close()
+
+
+# The shape of Claude Code 2.1.332's request with its default model (seen with the real
+# client against the gateway, 2026-12-04): a mid-conversation system message, adaptive
+# thinking, context management, output_config, a JSON metadata.user_id, beta features in
+# the header and `?beta=true` on the path.
+CLAUDE_CODE_2_1_332: dict[str, Any] = {
+    "model": "claude-opus-5-5",
+    "max_tokens": 128000,
+    "stream": True,
+    "system": [{"type": "text", "text": "You are a coding assistant."}],
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Say hello"}]},
+        {
+            "role": "system",
+            "content": [
+                {"type": "text", "text": "# Environment", "cache_control": {"type": "ephemeral"}}
+            ],
+        },
+    ],
+    "thinking": {"type": "adaptive", "display": "omitted"},
+    "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+    "output_config": {"effort": "medium"},
+    "metadata": {"user_id": '{"device_id":"d","account_uuid":"","session_id":"s-1"}'},
+}
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+async def test_claude_code_2_1_332_request(
+    write_profile: WriteProfile, gateway: StartGateway, provider: str
+) -> None:
+    """Claude Code's newest request is served: passed through to an Anthropic member as
+    sent (the mid-conversation system message included), translated for an OpenAI one."""
+    import aiohttp
+
+    from tests.conftest import member
+
+    async with serve() as a, serve() as b:
+        for name, sim in (("a", a), ("b", b)):
+            if provider == "anthropic":
+                write_profile(name, anthropic_member(sim.url))
+            else:
+                write_profile(name, member(sim.url, model="gpt-member"))
+        write_profile("coding", lb(["a", "b"], "failover", failback_after_ms=0))
+        gw = await gateway(default="coding")
+        headers = {
+            "x-api-key": GW_KEY,
+            "anthropic-version": "2023-06-01",
+            "anthropic-beta": "claude-code-20250219,context-management-2025-06-27",
+            "X-Claude-Code-Session-Id": "s-1",
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{gw.url}/v1/messages?beta=true", json=CLAUDE_CODE_2_1_332, headers=headers
+            ) as response,
+        ):
+            assert response.status == 200, await response.text()
+            events = [
+                line[7:]
+                for line in (await response.text()).splitlines()
+                if line.startswith("event: ")
+            ]
+        assert events[0] == "message_start" and events[-1] == "message_stop"
+        received = a.requests[-1]
+        if provider == "anthropic":
+            assert received == {**CLAUDE_CODE_2_1_332, "model": "claude-member"}
+        else:
+            assert [m["role"] for m in received["messages"]] == ["system", "user", "system"]
+            assert "thinking" not in received and "output_config" not in received

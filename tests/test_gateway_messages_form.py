@@ -344,7 +344,7 @@ def test_affinity_key(headers: dict[str, str], metadata: Any, key: str | None) -
             },
             "messages[2].content",
         ),
-        ({"messages": [{"role": "system", "content": "a"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "a"}]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         (
             {"messages": [{"role": "user", "content": [{"text": "a"}]}]},
@@ -784,3 +784,36 @@ def test_count_tokens_requires_model_and_messages(sent: dict[str, Any], field: s
     with pytest.raises(InvalidRequestError) as caught:
         count_tokens(sent)
     assert caught.value.field == field
+
+
+def test_mid_conversation_system_message() -> None:
+    """A system message inside `messages` (Claude Code sends them to newer models) stays a
+    system message at its place for chat members, and reaches Anthropic members as sent."""
+    body = {
+        "model": "claude-opus-5-5",
+        "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "system",
+                "content": [
+                    {
+                        "type": "text",
+                        "text": "# Environment",
+                        "cache_control": {"type": "ephemeral"},
+                    }
+                ],
+            },
+        ],
+    }
+    asked = FORM.parse(body, {})
+    assert asked.messages == [
+        {"role": "user", "content": "hi"},
+        {
+            "role": "system",
+            "content": [
+                {"type": "text", "text": "# Environment", "cache_control": {"type": "ephemeral"}}
+            ],
+        },
+    ]
+    assert asked.wire is not None and asked.wire.body == body

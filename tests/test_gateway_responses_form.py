@@ -465,3 +465,72 @@ def test_error_body_is_openais_form(kind: ErrorKind, type_: str, code: str | Non
     assert FORM.error(400, kind, "why") == {
         "error": {"message": "why", "type": type_, "param": None, "code": code}
     }
+
+
+def test_namespace_tools_round_trip() -> None:
+    """Codex's namespace tools reach chat members as NAMESPACE__NAME functions; a call
+    back names the namespace again, and a namespaced call in the history is qualified."""
+    body = {
+        "model": "coding",
+        "input": [
+            {"type": "message", "role": "user", "content": "spawn"},
+            {
+                "type": "function_call",
+                "call_id": "c1",
+                "namespace": "multi_agent_v1",
+                "name": "close_agent",
+                "arguments": "{}",
+            },
+            {"type": "function_call_output", "call_id": "c1", "output": "closed"},
+        ],
+        "tools": [
+            {
+                "type": "namespace",
+                "name": "multi_agent_v1",
+                "description": "sub-agents",
+                "tools": [
+                    {"type": "function", "name": "close_agent", "parameters": {"type": "object"}}
+                ],
+            },
+            {"type": "function", "name": "shell", "parameters": {"type": "object"}},
+        ],
+    }
+    asked = FORM.parse(body, {})
+    names = [t["function"]["name"] for t in asked.params["tools"]]
+    assert names == ["multi_agent_v1__close_agent", "shell"]
+    assert "namespace" not in asked.dropped
+    history_call = asked.messages[1]["tool_calls"][0]["function"]["name"]
+    assert history_call == "multi_agent_v1__close_agent"
+    result = Result(
+        text="",
+        backend="a",
+        model="openai/m",
+        usage=Usage(1, 1),
+        finish_reason="tool_calls",
+        tool_calls=[
+            {
+                "id": "c2",
+                "type": "function",
+                "function": {"name": "multi_agent_v1__close_agent", "arguments": "{}"},
+            }
+        ],
+    )
+    item = FORM.answer(asked, result)["output"][0]
+    assert (item["namespace"], item["name"]) == ("multi_agent_v1", "close_agent")
+    writer = FORM.events(asked, "openai/m")
+    raw = writer.open() + writer.chunk(
+        Chunk(
+            tool_calls=(ToolCallDelta(0, "c3", "multi_agent_v1__close_agent", "{}"),),
+            finish_reason="tool_calls",
+        )
+    )
+    raw += writer.close(RequestTrace(usage=Usage(1, 1)))
+    done = [
+        json.loads(line[5:])
+        for line in raw.decode().splitlines()
+        if line.startswith("data:") and "response.output_item.done" in line
+    ]
+    assert (done[0]["item"]["namespace"], done[0]["item"]["name"]) == (
+        "multi_agent_v1",
+        "close_agent",
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -34,25 +35,40 @@ class Source:
         self.closed = True
 
 
-async def test_wrapper_times_only_the_first_item(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_wrapper_times_only_the_first_item() -> None:
     """A deadline guards the first item only; later items are awaited with none."""
-    import lbprovider.timeouts as timeouts_module
+    clock = FakeClock(timers=True)
+    armed: list[float] = []
+    arm = clock.call_later
 
-    deadlines: list[float | None] = []
-    real_timeout = asyncio.timeout
+    def counting(delay: float, callback: Any) -> Any:
+        armed.append(delay)
+        return arm(delay, callback)
 
-    def counting_timeout(delay: float | None) -> asyncio.Timeout:
-        deadlines.append(delay)
-        return real_timeout(delay)
-
-    monkeypatch.setattr(timeouts_module.asyncio, "timeout", counting_timeout)
+    clock.call_later = counting  # type: ignore[method-assign]
     src = Source()
     for item in (1, 2, 3):
         src.queue.put_nowait(item)
-    wrapped = FirstChunkTimeout(src, 0.05, member="m")
+    wrapped = FirstChunkTimeout(src, 0.05, member="m", clock=clock)
     assert [await anext(wrapped) for _ in range(3)] == [1, 2, 3]
-    assert deadlines == [0.05]
+    assert armed == [0.05]
     assert not src.closed
+
+
+async def test_wrapper_expiry_on_the_injected_clock() -> None:
+    """The first-chunk deadline runs on the engine's clock: moving it past the limit
+    expires the wait, however little real time went by."""
+    clock = FakeClock(timers=True)
+    src = Source()
+    waiting = asyncio.create_task(anext(FirstChunkTimeout(src, 30, member="m", clock=clock)))
+    await asyncio.sleep(0)
+    clock.advance(29)
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    clock.advance(2)
+    with pytest.raises(FirstChunkTimeoutError):
+        await waiting
+    assert src.closed
 
 
 async def test_wrapper_expiry_closes_source() -> None:

@@ -119,9 +119,14 @@ def _form_for(path: str) -> Form:
 
 
 def _error(
-    form: Form, status: int, message: str, *, headers: Mapping[str, str] | None = None
+    form: Form,
+    status: int,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    kind: ErrorKind | None = None,
 ) -> web.Response:
-    kind = _KINDS_BY_STATUS.get(status, ErrorKind.API_ERROR)
+    kind = kind or _KINDS_BY_STATUS.get(status, ErrorKind.API_ERROR)
     return web.json_response(form.error(status, kind, message), status=status, headers=headers)
 
 
@@ -289,7 +294,8 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
         return _error(form, exc.status, message)
     except LBError as exc:
         status, headers = status_of(exc)
-        return _error(form, status, exc.message, headers=headers)
+        kind = ErrorKind.UNKNOWN_MODEL if isinstance(exc, UnknownModelError) else None
+        return _error(form, status, exc.message, headers=headers, kind=kind)
     except (asyncio.CancelledError, ConnectionResetError):
         status = "cancelled"
         raise

@@ -39,6 +39,7 @@ _OPENAI_TYPES = {
     ErrorKind.AUTHENTICATION: "authentication_error",
     ErrorKind.PERMISSION: "permission_error",
     ErrorKind.NOT_FOUND: "not_found_error",
+    ErrorKind.UNKNOWN_MODEL: "not_found_error",
     ErrorKind.TOO_LARGE: "invalid_request_error",
     ErrorKind.RATE_LIMIT: "rate_limit_error",
     ErrorKind.OVERLOADED: "server_error",
@@ -46,7 +47,7 @@ _OPENAI_TYPES = {
 }
 _OPENAI_CODES = {
     ErrorKind.AUTHENTICATION: "invalid_api_key",
-    ErrorKind.NOT_FOUND: "model_not_found",
+    ErrorKind.UNKNOWN_MODEL: "model_not_found",
     ErrorKind.TOO_LARGE: "request_too_large",
     ErrorKind.RATE_LIMIT: "rate_limit_exceeded",
     ErrorKind.OVERLOADED: "service_unavailable",

@@ -44,7 +44,8 @@ class ErrorKind(StrEnum):
     INVALID_REQUEST = "invalid_request"  # 400, 405
     AUTHENTICATION = "authentication"  # 401
     PERMISSION = "permission"  # 403
-    NOT_FOUND = "not_found"  # 404
+    NOT_FOUND = "not_found"  # 404: no such endpoint
+    UNKNOWN_MODEL = "unknown_model"  # 404: no load balancer served under that name
     TOO_LARGE = "too_large"  # 413
     RATE_LIMIT = "rate_limit"  # 429
     OVERLOADED = "overloaded"  # 503, 529: nothing can serve now, try later

@@ -45,6 +45,7 @@ _ERROR_TYPES: dict[ErrorKind, str] = {
     ErrorKind.AUTHENTICATION: "authentication_error",
     ErrorKind.PERMISSION: "permission_error",
     ErrorKind.NOT_FOUND: "not_found_error",
+    ErrorKind.UNKNOWN_MODEL: "not_found_error",
     ErrorKind.TOO_LARGE: "request_too_large",
     ErrorKind.RATE_LIMIT: "rate_limit_error",
     ErrorKind.OVERLOADED: "overloaded_error",
@@ -241,16 +242,16 @@ def _assistant_message(content: Any, where: str, dropped: _Dropped) -> dict[str,
     return message
 
 
-def _system_message(system: Any) -> dict[str, Any] | None:
+def _system_message(system: Any, field: str = "system") -> dict[str, Any] | None:
     if system is None:
         return None
     if isinstance(system, str):
         return {"role": "system", "content": system} if system else None
     if not isinstance(system, list):
-        raise _wrong("system", "a string or a list of text blocks")
+        raise _wrong(field, "a string or a list of text blocks")
     parts: list[dict[str, Any]] = []
     for j, block in enumerate(system):
-        where = f"system[{j}]"
+        where = f"{field}[{j}]"
         if not isinstance(block, Mapping) or block.get("type") != "text":
             raise _wrong(where, "a text block")
         parts.append(_text_part(block, where))
@@ -273,12 +274,18 @@ def _translate_messages(body: Mapping[str, Any], dropped: _Dropped) -> list[dict
         if not isinstance(message, Mapping):
             raise _wrong(where, "a message object")
         role = message.get("role")
-        if role not in ("user", "assistant"):
-            raise _wrong(f"{where}.role", "'user' or 'assistant'")
+        if role not in ("user", "assistant", "system"):
+            raise _wrong(f"{where}.role", "'user', 'assistant' or 'system'")
         if "content" not in message:
             raise _missing(f"{where}.content", "a string or a list of content blocks")
         content = message["content"]
-        if role == "user":
+        if role == "system":
+            # A mid-conversation system message (Claude Code sends them to newer models):
+            # a system message at the same place in the chat form.
+            mid = _system_message(content, f"{where}.content")
+            if mid is not None:
+                out.append(mid)
+        elif role == "user":
             out += _user_messages(content, f"{where}.content", dropped)
         else:
             out.append(_assistant_message(content, f"{where}.content", dropped))

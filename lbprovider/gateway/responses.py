@@ -169,6 +169,8 @@ def _messages(body: Mapping[str, Any], dropped: _Dropped) -> list[dict[str, Any]
             if not isinstance(name, str) or not name:
                 raise InvalidRequestError("needs a 'name' string", field=f"{where}.name")
             arguments = item.get("arguments", "")
+            if isinstance(item.get("namespace"), str) and item["namespace"]:
+                name = qualified(item["namespace"], name)
             call = {
                 "id": call_id,
                 "type": "function",
@@ -227,6 +229,15 @@ def _tools(
         if not isinstance(tool, Mapping):
             raise InvalidRequestError("must be a tool object", field=f"tools[{i}]")
         kind = tool.get("type")
+        if kind == "namespace" and isinstance(tool.get("name"), str):
+            # A group of function tools (Codex's sub-agent tools): each becomes a chat tool
+            # named NAMESPACE__NAME, split back in the calls the answer names.
+            inner, _ = _tools({"tools": tool.get("tools") or []}, dropped)
+            for grouped in inner:
+                grouped["function"]["name"] = qualified(tool["name"], grouped["function"]["name"])
+            chat += inner
+            echoed.append(dict(tool))
+            continue
         if kind != "function":
             # Hosted tools run inside OpenAI's servers; no member here can run them.
             dropped.add(str(kind))
@@ -303,10 +314,36 @@ def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
     }
 
 
+NAMESPACE_SEP = "__"
+
+
+def qualified(namespace: str, name: str) -> str:
+    """A namespaced tool's name in the chat form (which has no namespaces)."""
+    return f"{namespace}{NAMESPACE_SEP}{name}"
+
+
+def namespaces(tools: Any) -> frozenset[str]:
+    """The namespace tools' names of a request's ``tools``."""
+    if not isinstance(tools, list):
+        return frozenset()
+    return frozenset(
+        t["name"]
+        for t in tools
+        if isinstance(t, Mapping)
+        and t.get("type") == "namespace"
+        and isinstance(t.get("name"), str)
+    )
+
+
 def _call_item(
-    item_id: str, call_id: str, name: str, arguments: str, status: str
+    item_id: str,
+    call_id: str,
+    name: str,
+    arguments: str,
+    status: str,
+    spaces: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    return {
+    item = {
         "id": item_id,
         "type": "function_call",
         "status": status,
@@ -314,6 +351,10 @@ def _call_item(
         "name": name,
         "arguments": arguments,
     }
+    space, sep, short = name.partition(NAMESPACE_SEP)
+    if sep and space in spaces:
+        item.update(namespace=space, name=short)
+    return item
 
 
 def _response(
@@ -367,11 +408,12 @@ class _Item:
     call_id: str = ""
     name: str = ""
     tool_index: int = -1  # the engine's tool-call index this item carries
+    spaces: frozenset[str] = frozenset()  # the request's tool namespaces
 
     def done(self, status: str = "completed") -> dict[str, Any]:
         if self.kind == "message":
             return _message_item(self.id, self.text, status)
-        return _call_item(self.id, self.call_id, self.name, self.text, status)
+        return _call_item(self.id, self.call_id, self.name, self.text, status, self.spaces)
 
 
 @dataclass
@@ -455,7 +497,7 @@ class ResponsesWriter:
             out += self._event(
                 "response.output_item.added",
                 output_index=item.index,
-                item=_call_item(item.id, item.call_id, item.name, "", "in_progress"),
+                item=_call_item(item.id, item.call_id, item.name, "", "in_progress", item.spaces),
             )
         return out
 
@@ -498,6 +540,7 @@ class ResponsesWriter:
                 call_id=delta.id or _new_id("call"),
                 name=delta.name or "",
                 tool_index=delta.index,
+                spaces=namespaces(self.asked.options.get("tools")),
             )
             out += self._start(item)
         elif delta.name and not item.name:
@@ -601,7 +644,7 @@ class ResponsesForm:
         for key in ("instructions", "metadata", "prompt_cache_key"):
             if body.get(key) is not None:
                 options[key] = body[key]
-        # Conversation keys (SPEC §3.5): a session header (Codex sends ``session_id``)
+        # Conversation keys (SPEC §3.5): a session header (Codex 0.171 sends ``session-id``)
         # wins over the body's ``prompt_cache_key``.
         affinity = session_key(headers)
         cache_key = body.get("prompt_cache_key")
@@ -623,6 +666,7 @@ class ResponsesForm:
         output: list[dict[str, Any]] = []
         if result.text:
             output.append(_message_item(_new_id("msg"), result.text, "completed"))
+        spaces = namespaces(asked.options.get("tools"))
         for call in result.tool_calls:
             function = call.get("function") or {}
             output.append(
@@ -632,6 +676,7 @@ class ResponsesForm:
                     function.get("name") or "",
                     function.get("arguments") or "",
                     "completed",
+                    spaces,
                 )
             )
         incomplete = result.finish_reason == "length"
