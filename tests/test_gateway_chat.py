@@ -456,7 +456,6 @@ async def test_bad_requests(
     got, body = await _status(gw.url, path, method=method, data=data, headers=headers)
     assert got == status
     assert says in body["error"]["message"]
-    )
     if says == "no such endpoint":
         assert body["error"]["code"] is None  # not a model's absence
     assert "Traceback" not in json.dumps(body)
