@@ -23,7 +23,7 @@ import click
 from lbprovider.errors import ConfigError, LBError
 
 if TYPE_CHECKING:
-    from lbprovider.profile_store import ProfileStore
+    from lbprovider.profiles.store import ProfileStore
 
 __all__ = ["cli", "main"]
 
@@ -77,7 +77,7 @@ def _silence_stdout() -> None:
 
 def _store(ctx: click.Context) -> ProfileStore:
     """The profile store of the environment (search path from env and working dir)."""
-    from lbprovider.profile_store import ProfileStore
+    from lbprovider.profiles.store import ProfileStore
 
     return ProfileStore()
 
@@ -357,7 +357,7 @@ def top_command(ctx: click.Context, name: str | None, interval: float, once: boo
     state store, so of every process sharing it. Ctrl-C quits."""
     from lbprovider import ledger as ledger_mod
     from lbprovider.clock import SystemClock
-    from lbprovider.profiles import LoadBalancerConfig
+    from lbprovider.config import LoadBalancerConfig
     from lbprovider.state import default_store
 
     profiles = _store(ctx)
@@ -411,7 +411,7 @@ def top_command(ctx: click.Context, name: str | None, interval: float, once: boo
 def _config_for_report(profiles: ProfileStore, name: str) -> Any:
     """Load balancer NAME for a report: members whose keys are not set here still show
     (``top`` may watch from a machine that holds none of the keys)."""
-    from lbprovider.profiles import LoadBalancerProfile
+    from lbprovider.profiles.models import LoadBalancerProfile
 
     path, profile = profiles.load(name)
     if not isinstance(profile, LoadBalancerProfile):
@@ -505,7 +505,7 @@ def parse_duration(text: str) -> float:
 
 
 def _member_profile(ctx: click.Context, member: str) -> str:
-    from lbprovider.profiles import LoadBalancerProfile
+    from lbprovider.profiles.models import LoadBalancerProfile
 
     path, profile = _store(ctx).load(member)
     if isinstance(profile, LoadBalancerProfile):
@@ -688,7 +688,7 @@ def serve_command(
     """Serve the load balancers over the OpenAI and Anthropic APIs (the gateway)."""
     from lbprovider.gateway.served import parse_alias
     from lbprovider.gateway.server import ServeOptions, run
-    from lbprovider.profiles import check_name
+    from lbprovider.profiles.files import check_name
 
     for name in (*profiles, *([default] if default else [])):
         check_name(name, field="--profile" if name in profiles else "--default")

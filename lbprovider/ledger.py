@@ -29,8 +29,8 @@ from typing import Any, Generic, TypeVar
 
 from lbprovider import breaker as brk
 from lbprovider import stats, window
+from lbprovider.config import LoadBalancerConfig
 from lbprovider.policies import LBRecord
-from lbprovider.profiles import LoadBalancerConfig
 from lbprovider.state import StateStore, Updater
 
 __all__ = [

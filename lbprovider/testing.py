@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lbprovider.config import Member
 from lbprovider.errors import TransportError
-from lbprovider.profiles import Member
 from lbprovider.transport import Chunk, ToolCallDelta, Usage, Wire, call_params
 
 __all__ = [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lbprovider import profile_store as ps_module
+from lbprovider.config import Policy
 from lbprovider.errors import (
     ConfigError,
     ProfileFormatError,
@@ -18,8 +18,10 @@ from lbprovider.errors import (
     ProfileValidationError,
 )
 from lbprovider.paths import home_dir, profile_search_dirs
-from lbprovider.profile_store import ProfileStore
-from lbprovider.profiles import Policy, redact, redact_profile, resolve_key
+from lbprovider.profiles import files as ps_module
+from lbprovider.profiles.keys import resolve_key
+from lbprovider.profiles.store import ProfileStore
+from lbprovider.redaction import redact, redact_profile
 from lbprovider.settings import DEFAULT_FAILOVER_STATUS_CODES
 from tests.conftest import SIM_KEY, WriteProfile, lb, member
 
