@@ -306,13 +306,14 @@ def stats_command(ctx: click.Context, name: str | None, as_json: bool, reset: bo
     profiles = _store(ctx)
     state = default_store()
     ledger = ledger_mod.Ledger(state)
+    # A report needs the members' names, not their keys (SPEC §2.2): read lightly.
     if name is not None:
-        configs = [profiles.load_loadbalancer(name)]
+        configs = [profiles.outline(name)]
     else:
         configs = []
         for recorded in ledger_mod.recorded_profiles(ledger):
             try:
-                configs.append(profiles.load_loadbalancer(recorded))
+                configs.append(profiles.outline(recorded))
             except ConfigError as exc:
                 _warn([f"recorded state for {recorded!r} skipped: {exc}"])
     if reset:
@@ -357,16 +358,17 @@ def top_command(ctx: click.Context, name: str | None, interval: float, once: boo
     state store, so of every process sharing it. Ctrl-C quits."""
     from lbprovider import ledger as ledger_mod
     from lbprovider.clock import SystemClock
-    from lbprovider.config import LoadBalancerConfig
+    from lbprovider.config import Outline
     from lbprovider.state import default_store
 
     profiles = _store(ctx)
     state = default_store()
     ledger = ledger_mod.Ledger(state)
-    configs: dict[str, LoadBalancerConfig] = {}
+    # `top` may watch from a machine that holds none of the keys: outlines, not configs.
+    configs: dict[str, Outline] = {}
     skipped: set[str] = set()
     if name is not None:
-        configs[name] = _config_for_report(profiles, name)
+        configs[name] = profiles.outline(name)
 
     def load(now: float) -> list[dict[str, Any]]:
         # Without NAME, a load balancer that records its first request later joins the view.
@@ -375,7 +377,7 @@ def top_command(ctx: click.Context, name: str | None, interval: float, once: boo
             if recorded in configs or recorded in skipped:
                 continue
             try:
-                configs[recorded] = _config_for_report(profiles, recorded)
+                configs[recorded] = profiles.outline(recorded)
             except ConfigError as exc:
                 skipped.add(recorded)
                 _warn([f"recorded state for {recorded!r} skipped: {exc}"])
@@ -406,17 +408,6 @@ def top_command(ctx: click.Context, name: str | None, interval: float, once: boo
         return None
 
     top.run(load, console=console, interval_s=interval, clock=clock.now, notice=notice)
-
-
-def _config_for_report(profiles: ProfileStore, name: str) -> Any:
-    """Load balancer NAME for a report: members whose keys are not set here still show
-    (``top`` may watch from a machine that holds none of the keys)."""
-    from lbprovider.profiles.models import LoadBalancerProfile
-
-    path, profile = profiles.load(name)
-    if not isinstance(profile, LoadBalancerProfile):
-        return profiles.load_loadbalancer(name)  # its error: a member, not a load balancer
-    return profiles.resolve(name, profile, file=path, keys=False)
 
 
 def _require_store(state: Any, problem: str, hint: str) -> None:

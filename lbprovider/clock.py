@@ -6,7 +6,6 @@ between processes through the state store; ``monotonic()`` measures durations.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Protocol
 
@@ -45,4 +44,7 @@ class SystemClock:
 
 async def real_sleep(seconds: float) -> None:
     """``asyncio.sleep`` with the Sleep signature."""
+    # Imported here: a command that only reads the clock (stats) need not import asyncio.
+    import asyncio
+
     await asyncio.sleep(seconds)

@@ -126,6 +126,7 @@ class LoadBalancerConfig:
             policy=self.policy,
             models={m.name: m.litellm_model for m in self.members},
             failure_window_ms=self.settings.circuit_breaker_failure_window_ms,
+            warnings=self.warnings,
         )
 
 

@@ -205,7 +205,7 @@ class LoadBalancingProvider:
 
     def stats(self) -> dict[str, Any]:
         """The stats report of SPEC §6 (the ``stats --json`` shape)."""
-        return ledger.report(self.config, self._router.ledger, self.clock.now())
+        return ledger.report(self.config.outline, self._router.ledger, self.clock.now())
 
     def reset_stats(self) -> None:
         """Clear counters (breakers and TPM windows stay)."""
