@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from lbprovider.profiles import LoadBalancerConfig, Member, Policy, TransportKind
+from lbprovider.config import LoadBalancerConfig, Member, Policy, TransportKind
 from lbprovider.settings import LBSettings
 
 KEY = "sk-bench-not-a-real-key"

@@ -305,7 +305,7 @@ def http_client(session: Any, bases: list[str], key: str) -> Stream:
 
 def in_process_client(home: Path) -> Stream:
     """``LoadBalancingProvider.stream`` over the same profile, ``memory://`` state."""
-    from lbprovider.profile_store import ProfileStore
+    from lbprovider.profiles.store import ProfileStore
     from lbprovider.provider import LoadBalancingProvider
     from lbprovider.state.memory import MemoryStore
 

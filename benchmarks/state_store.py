@@ -39,8 +39,8 @@ from typing import Any
 
 from common import bench_config, start_sim
 
+from lbprovider.config import LoadBalancerConfig
 from lbprovider.errors import TransportError
-from lbprovider.profiles import LoadBalancerConfig
 from lbprovider.provider import LoadBalancingProvider
 from lbprovider.state import StateStore
 from lbprovider.state.memory import MemoryStore

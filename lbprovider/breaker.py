@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lbprovider.settings import LBSettings
+if TYPE_CHECKING:
+    from lbprovider.settings import LBSettings
+
 
 __all__ = [
     "PROBE_LEASE_S",

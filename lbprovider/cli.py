@@ -23,7 +23,7 @@ import click
 from lbprovider.errors import ConfigError, LBError
 
 if TYPE_CHECKING:
-    from lbprovider.profile_store import ProfileStore
+    from lbprovider.profiles.store import ProfileStore
 
 __all__ = ["cli", "main"]
 
@@ -77,7 +77,7 @@ def _silence_stdout() -> None:
 
 def _store(ctx: click.Context) -> ProfileStore:
     """The profile store of the environment (search path from env and working dir)."""
-    from lbprovider.profile_store import ProfileStore
+    from lbprovider.profiles.store import ProfileStore
 
     return ProfileStore()
 
@@ -306,13 +306,14 @@ def stats_command(ctx: click.Context, name: str | None, as_json: bool, reset: bo
     profiles = _store(ctx)
     state = default_store()
     ledger = ledger_mod.Ledger(state)
+    # A report needs the members' names, not their keys (SPEC §2.2): read lightly.
     if name is not None:
-        configs = [profiles.load_loadbalancer(name)]
+        configs = [profiles.outline(name)]
     else:
         configs = []
         for recorded in ledger_mod.recorded_profiles(ledger):
             try:
-                configs.append(profiles.load_loadbalancer(recorded))
+                configs.append(profiles.outline(recorded))
             except ConfigError as exc:
                 _warn([f"recorded state for {recorded!r} skipped: {exc}"])
     if reset:
@@ -357,16 +358,17 @@ def top_command(ctx: click.Context, name: str | None, interval: float, once: boo
     state store, so of every process sharing it. Ctrl-C quits."""
     from lbprovider import ledger as ledger_mod
     from lbprovider.clock import SystemClock
-    from lbprovider.profiles import LoadBalancerConfig
+    from lbprovider.config import Outline
     from lbprovider.state import default_store
 
     profiles = _store(ctx)
     state = default_store()
     ledger = ledger_mod.Ledger(state)
-    configs: dict[str, LoadBalancerConfig] = {}
+    # `top` may watch from a machine that holds none of the keys: outlines, not configs.
+    configs: dict[str, Outline] = {}
     skipped: set[str] = set()
     if name is not None:
-        configs[name] = _config_for_report(profiles, name)
+        configs[name] = profiles.outline(name)
 
     def load(now: float) -> list[dict[str, Any]]:
         # Without NAME, a load balancer that records its first request later joins the view.
@@ -375,7 +377,7 @@ def top_command(ctx: click.Context, name: str | None, interval: float, once: boo
             if recorded in configs or recorded in skipped:
                 continue
             try:
-                configs[recorded] = _config_for_report(profiles, recorded)
+                configs[recorded] = profiles.outline(recorded)
             except ConfigError as exc:
                 skipped.add(recorded)
                 _warn([f"recorded state for {recorded!r} skipped: {exc}"])
@@ -406,17 +408,6 @@ def top_command(ctx: click.Context, name: str | None, interval: float, once: boo
         return None
 
     top.run(load, console=console, interval_s=interval, clock=clock.now, notice=notice)
-
-
-def _config_for_report(profiles: ProfileStore, name: str) -> Any:
-    """Load balancer NAME for a report: members whose keys are not set here still show
-    (``top`` may watch from a machine that holds none of the keys)."""
-    from lbprovider.profiles import LoadBalancerProfile
-
-    path, profile = profiles.load(name)
-    if not isinstance(profile, LoadBalancerProfile):
-        return profiles.load_loadbalancer(name)  # its error: a member, not a load balancer
-    return profiles.resolve(name, profile, file=path, keys=False)
 
 
 def _require_store(state: Any, problem: str, hint: str) -> None:
@@ -505,7 +496,7 @@ def parse_duration(text: str) -> float:
 
 
 def _member_profile(ctx: click.Context, member: str) -> str:
-    from lbprovider.profiles import LoadBalancerProfile
+    from lbprovider.profiles.models import LoadBalancerProfile
 
     path, profile = _store(ctx).load(member)
     if isinstance(profile, LoadBalancerProfile):
@@ -689,7 +680,7 @@ def serve_command(
     """Serve the load balancers over the OpenAI and Anthropic APIs (the gateway)."""
     from lbprovider.gateway.served import parse_alias
     from lbprovider.gateway.server import ServeOptions, run
-    from lbprovider.profiles import check_name
+    from lbprovider.profiles.files import check_name
 
     for name in (*profiles, *([default] if default else [])):
         check_name(name, field="--profile" if name in profiles else "--default")

@@ -9,7 +9,6 @@ first-chunk and idle timeouts fire (so a test's clock can move them too).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -26,7 +25,7 @@ class Timer(Protocol):
 
 
 class Clock(Protocol):
-    """The two readings the engine needs."""
+    """The readings (and the timer) the engine needs."""
 
     def now(self) -> float:
         """Epoch seconds (comparable across processes)."""
@@ -64,13 +63,21 @@ class SystemClock:
 
     def ticks(self) -> float:
         """The running event loop's time."""
+        import asyncio  # only where a request runs: `stats` reads the clock, no loop
+
         return asyncio.get_running_loop().time()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         """The running event loop's timer."""
-        return asyncio.get_running_loop().call_later(delay, callback)
+        import asyncio
+
+        handle: Timer = asyncio.get_running_loop().call_later(delay, callback)
+        return handle
 
 
 async def real_sleep(seconds: float) -> None:
     """``asyncio.sleep`` with the Sleep signature."""
+    # Imported here: a command that only reads the clock (stats) need not import asyncio.
+    import asyncio
+
     await asyncio.sleep(seconds)

@@ -23,7 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lbprovider.errors import LBError
 from lbprovider.events import Event, EventKind
-from lbprovider.profile_store import ProfileStore, atomic_write_json
+from lbprovider.profiles.files import atomic_write_json
+from lbprovider.profiles.store import ProfileStore
 from lbprovider.provider import LoadBalancingProvider
 from lbprovider.report import console_for_tables, render_stats
 from lbprovider.sim import SimServer, serve

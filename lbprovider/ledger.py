@@ -29,8 +29,8 @@ from typing import Any, Generic, TypeVar
 
 from lbprovider import breaker as brk
 from lbprovider import stats, window
+from lbprovider.config import Outline
 from lbprovider.policies import LBRecord
-from lbprovider.profiles import LoadBalancerConfig
 from lbprovider.state import StateStore, Updater
 
 __all__ = [
@@ -242,24 +242,24 @@ class Ledger:
 # -- operations ---------------------------------------------------------------------------------
 
 
-def report(config: LoadBalancerConfig, ledger: Ledger, now: float) -> dict[str, Any]:
+def report(lb: Outline, ledger: Ledger, now: float) -> dict[str, Any]:
     """The stats report of one load balancer (SPEC §6), from the ledger (no litellm)."""
-    names = config.member_names
-    keys: list[Key[Any]] = [lb_key(config.name)]
-    keys += [metrics_key(config.name, n) for n in names]
+    names = lb.member_names
+    keys: list[Key[Any]] = [lb_key(lb.name)]
+    keys += [metrics_key(lb.name, n) for n in names]
     keys += [breaker_key(n) for n in names] + [tpm_key(n) for n in names]
     records = ledger.read(keys)
     return stats.build_stats(
-        profile=config.name,
-        policy=config.policy.value,
+        profile=lb.name,
+        policy=lb.policy.value,
         members=names,
-        models={m.name: m.litellm_model for m in config.members},
-        lb=records[lb_key(config.name)],
-        metrics={n: records[metrics_key(config.name, n)] for n in names},
+        models=dict(lb.models),
+        lb=records[lb_key(lb.name)],
+        metrics={n: records[metrics_key(lb.name, n)] for n in names},
         breakers={n: records[breaker_key(n)] for n in names},
         tpm={n: records[tpm_key(n)] for n in names},
         now=now,
-        window_s=config.settings.circuit_breaker_failure_window_ms / 1000,
+        window_s=lb.failure_window_ms / 1000,
     )
 
 

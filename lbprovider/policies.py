@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lbprovider.profiles import Policy
+from lbprovider.config import Policy
 
 __all__ = [
     "LBRecord",

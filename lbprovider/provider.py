@@ -10,10 +10,10 @@ from typing import Any
 
 from lbprovider import ledger
 from lbprovider.clock import Clock, Sleep, SystemClock, real_sleep
+from lbprovider.config import LoadBalancerConfig
 from lbprovider.errors import ConfigError
 from lbprovider.events import EventHook, log_event
-from lbprovider.profile_store import ProfileStore
-from lbprovider.profiles import LoadBalancerConfig
+from lbprovider.profiles.store import ProfileStore
 from lbprovider.routing import RequestTrace, Router
 from lbprovider.state import StateStore, default_store
 from lbprovider.transport import Chunk, ToolCallDelta, Transport, TransportSet, Usage, Wire
@@ -205,7 +205,7 @@ class LoadBalancingProvider:
 
     def stats(self) -> dict[str, Any]:
         """The stats report of SPEC §6 (the ``stats --json`` shape)."""
-        return ledger.report(self.config, self._router.ledger, self.clock.now())
+        return ledger.report(self.config.outline, self._router.ledger, self.clock.now())
 
     def reset_stats(self) -> None:
         """Clear counters (breakers and TPM windows stay)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lbprovider.errors import ConfigError
-from lbprovider.profile_store import ProfileStore
+from lbprovider.profiles.store import ProfileStore
 from lbprovider.provider import LoadBalancingProvider
 
 __all__ = ["ProviderCache", "cached_provider", "loadbalancer_names"]

@@ -21,10 +21,10 @@ from typing import Any
 from lbprovider import breaker as brk
 from lbprovider import policies, stats, window
 from lbprovider.clock import Clock
+from lbprovider.config import LoadBalancerConfig, Member, Policy
 from lbprovider.errors import BackendError
 from lbprovider.events import Event, EventHook, EventKind
 from lbprovider.ledger import Key, Ledger, breaker_key, lb_key, metrics_key, tpm_key
-from lbprovider.profiles import LoadBalancerConfig, Member, Policy
 from lbprovider.selection import state_changes
 from lbprovider.transport import Usage
 

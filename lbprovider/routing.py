@@ -22,6 +22,7 @@ from lbprovider import breaker as brk
 from lbprovider import policies, window
 from lbprovider.classify import classify
 from lbprovider.clock import Clock, Sleep
+from lbprovider.config import Continuation, LoadBalancerConfig, Member
 from lbprovider.errors import (
     BackendError,
     FailureKind,
@@ -34,7 +35,6 @@ from lbprovider.errors import (
 from lbprovider.events import EventHook
 from lbprovider.ledger import Ledger
 from lbprovider.messages import check_messages
-from lbprovider.profiles import Continuation, LoadBalancerConfig, Member
 from lbprovider.recorder import Part, Recorder
 from lbprovider.retry import RetryPolicy
 from lbprovider.selection import Admitted, Candidate, Known, Plan, Selection, keep_probe

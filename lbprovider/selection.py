@@ -36,9 +36,9 @@ from typing import Any
 from lbprovider import breaker as brk
 from lbprovider import policies, window
 from lbprovider.clock import Clock
+from lbprovider.config import LoadBalancerConfig, Member, Policy
 from lbprovider.errors import BackendError
 from lbprovider.ledger import Change, Key, Ledger, breaker_key, lb_key, tpm_key
-from lbprovider.profiles import LoadBalancerConfig, Member, Policy
 from lbprovider.retry import RetryPolicy
 
 __all__ = ["Admitted", "Candidate", "Known", "Plan", "Selection", "keep_probe", "state_changes"]

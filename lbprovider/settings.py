@@ -22,7 +22,9 @@ _PositiveMs = Annotated[StrictInt, Field(gt=0, le=86_400_000)]
 class LBSettings(BaseModel):
     """The `ephemeralSettings` of a load-balancer profile, with defaults and bounds."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="allow", frozen=True, hide_input_in_errors=True, defer_build=True
+    )
 
     failover_retry_count: Annotated[StrictInt, Field(ge=1, le=100)] = 2
     failover_retry_delay_ms: Annotated[StrictInt, Field(ge=0, le=600_000)] = 0
@@ -33,6 +35,8 @@ class LBSettings(BaseModel):
     tpm_threshold: Annotated[StrictInt, Field(ge=0)] | None = None
     circuit_breaker_enabled: StrictBool = False
     circuit_breaker_failure_threshold: Annotated[StrictInt, Field(ge=1, le=1000)] = 3
+    # config.DEFAULT_FAILURE_WINDOW_MS, what a report assumes without building this model
+    # (config names LBSettings, so it is not imported here; a test keeps the two equal).
     circuit_breaker_failure_window_ms: _PositiveMs = 60_000
     circuit_breaker_recovery_timeout_ms: _PositiveMs = 30_000
     circuit_breaker_max_recovery_timeout_ms: _PositiveMs = 300_000

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from lbprovider.clock import Timer
+from lbprovider.config import Member
 from lbprovider.errors import TransportError
-from lbprovider.profiles import Member
 from lbprovider.transport import Chunk, ToolCallDelta, Usage, Wire, call_params
 
 __all__ = [

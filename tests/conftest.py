@@ -170,7 +170,7 @@ def make_lb(
     """
     from pydantic import SecretStr
 
-    from lbprovider.profiles import LoadBalancerConfig, Member, Policy, TransportKind
+    from lbprovider.config import LoadBalancerConfig, Member, Policy, TransportKind
     from lbprovider.provider import LoadBalancingProvider
     from lbprovider.settings import LBSettings
     from lbprovider.state.memory import MemoryStore

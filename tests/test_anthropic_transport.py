@@ -20,6 +20,7 @@ from aiohttp import web
 from click.testing import CliRunner
 from pydantic import SecretStr
 
+from lbprovider.config import Member, TransportKind
 from lbprovider.errors import (
     ConfigError,
     FailureKind,
@@ -27,7 +28,6 @@ from lbprovider.errors import (
     StreamInterruptedError,
     TransportError,
 )
-from lbprovider.profiles import Member, TransportKind
 from lbprovider.routing import RequestTrace
 from lbprovider.sim import SIGNATURE, SimServer, serve
 from lbprovider.testing import FakeClock
@@ -599,7 +599,7 @@ async def test_openai_wire_is_translated_for_an_anthropic_member() -> None:
 
 def test_anthropic_members_are_native_by_default(write_profile: WriteProfile) -> None:
     """provider anthropic → native (litellm still selectable); member_api names the API."""
-    from lbprovider.profile_store import ProfileStore
+    from lbprovider.profiles.store import ProfileStore
 
     write_profile("c", {**member(), "provider": ANTHROPIC})
     write_profile("l", {**member(transport="litellm"), "provider": ANTHROPIC})
@@ -622,7 +622,7 @@ def test_native_member_of_another_provider_is_refused(
     write_profile: WriteProfile, inline: bool
 ) -> None:
     """transport native on a provider it does not speak is an error naming the field."""
-    from lbprovider.profile_store import ProfileStore
+    from lbprovider.profiles.store import ProfileStore
 
     bad = {**member(transport="native"), "provider": "gemini"}
     if inline:

@@ -248,6 +248,41 @@ def test_cli_does_not_import_litellm(code_line: str) -> None:
     assert result.stderr.strip().endswith("CLEAN"), result.stderr
 
 
+@pytest.mark.parametrize(
+    "code_line",
+    [
+        "import lbprovider.config, lbprovider.profiles, lbprovider.profiles.store",
+        "from lbprovider.cli import main; main(['stats'])",
+        "from lbprovider.cli import main; main(['stats', '--json'])",
+        "from lbprovider.cli import main; main(['stats', 'pair', '--json'])",
+    ],
+)
+def test_reports_do_not_import_pydantic(
+    code_line: str, write_profile: WriteProfile, isolated: Path
+) -> None:
+    """The engine's vocabulary and a stats report (names, not keys) start without pydantic
+    or asyncio: fast start (SPEC §8)."""
+    write_profile("a", member())
+    write_profile("b", member(key=None, **{"auth-key-env": "LB_TEST_UNSET_KEY"}))
+    write_profile("pair", lb(["a", "b"]))
+    heavy = ("pydantic", "asyncio")
+    probe = (
+        "import sys, atexit\n"
+        f"atexit.register(lambda: print([m for m in {heavy!r} if m in sys.modules] or 'CLEAN',"
+        " file=sys.stderr))\n"
+        f"{code_line}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "LBPROVIDER_STATE": f"sqlite:///{isolated / 'state.db'}"},
+    )
+    assert result.stderr.strip().endswith("CLEAN"), result.stderr
+
+
 def test_example_profiles_validate(monkeypatch: pytest.MonkeyPatch) -> None:
     """The example profiles shipped in profiles/ pass `profiles validate`."""
     examples = Path(__file__).resolve().parent.parent / "profiles"

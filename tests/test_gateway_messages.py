@@ -14,10 +14,10 @@ import aiohttp
 import anthropic
 import pytest
 
+from lbprovider.config import Member
 from lbprovider.gateway.messages import count_tokens
 from lbprovider.gateway.served import Alias
 from lbprovider.gateway.server import GatewayServer
-from lbprovider.profiles import Member
 from lbprovider.sim import SimServer
 from lbprovider.transport import Chunk, Usage, Wire
 from tests.conftest import WriteProfile, lb, member

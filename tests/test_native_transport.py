@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from lbprovider.config import Member, TransportKind
 from lbprovider.errors import TransportError
-from lbprovider.profiles import Member, TransportKind
 from lbprovider.sim import SimServer, serve
 from lbprovider.transport import Chunk, TransportSet, call_params
 from lbprovider.transport.native import NativeTransport, close_pool, pool
@@ -334,7 +334,7 @@ def test_call_params_order_and_reserved() -> None:
 
 def test_default_transport_by_provider(write_profile: WriteProfile) -> None:
     """provider openai → native (whatever the base URL); others → litellm; overridable."""
-    from lbprovider.profile_store import ProfileStore
+    from lbprovider.profiles.store import ProfileStore
 
     write_profile("o", member())
     write_profile("g", {**member(), "provider": "gemini"})
@@ -347,7 +347,7 @@ def test_default_transport_by_provider(write_profile: WriteProfile) -> None:
 def test_bad_transport_value(write_profile: WriteProfile) -> None:
     """An unknown transport is an error naming the file and the field."""
     from lbprovider.errors import ProfileValidationError
-    from lbprovider.profile_store import ProfileStore
+    from lbprovider.profiles.store import ProfileStore
 
     path = write_profile("o", member(transport="grpc"))
     with pytest.raises(ProfileValidationError) as info:
@@ -452,8 +452,8 @@ def test_litellm_member_without_litellm_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With litellm not installed, a litellm member is a ConfigError naming it and the fix."""
+    from lbprovider.config import LoadBalancerConfig, Policy
     from lbprovider.errors import ConfigError
-    from lbprovider.profiles import LoadBalancerConfig, Policy
     from lbprovider.provider import LoadBalancingProvider
     from lbprovider.settings import LBSettings
     from lbprovider.state.memory import MemoryStore

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lbprovider import profile_store as ps_module
+from lbprovider.config import DEFAULT_FAILURE_WINDOW_MS, Policy
 from lbprovider.errors import (
     ConfigError,
     ProfileFormatError,
@@ -18,9 +18,13 @@ from lbprovider.errors import (
     ProfileValidationError,
 )
 from lbprovider.paths import home_dir, profile_search_dirs
-from lbprovider.profile_store import ProfileStore
-from lbprovider.profiles import Policy, redact, redact_profile, resolve_key
-from lbprovider.settings import DEFAULT_FAILOVER_STATUS_CODES
+from lbprovider.profiles import files as ps_module
+from lbprovider.profiles.keys import resolve_key
+from lbprovider.profiles.models import LoadBalancerProfile
+from lbprovider.profiles.resolve import outline
+from lbprovider.profiles.store import ProfileStore
+from lbprovider.redaction import redact, redact_profile
+from lbprovider.settings import DEFAULT_FAILOVER_STATUS_CODES, LBSettings
 from tests.conftest import SIM_KEY, WriteProfile, lb, member
 
 # -- home and search path ------------------------------------------------------------------
@@ -549,3 +553,74 @@ def test_redaction() -> None:
     text = json.dumps(out)
     assert "abcdefghijkl" not in text and "zzzzzzzz" not in text and "qqqqqqqq" not in text
     assert out["ephemeralSettings"]["auth-keyfile"] == "~/k"
+
+
+# -- a report's outline (no keys, no pydantic) ----------------------------------------------
+
+
+def test_outline_matches_full_resolution(
+    write_profile: WriteProfile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain profile's light outline is what full resolution without keys gives,
+    including a member whose key is not set here and the duplicate/missing warnings."""
+    monkeypatch.delenv("LB_TEST_UNSET_KEY", raising=False)
+    write_profile("a", member())
+    write_profile("b", member(model="other", key=None, **{"auth-key-env": "LB_TEST_UNSET_KEY"}))
+    write_profile("pair", lb(["a", "b", "a", "ghost"], circuit_breaker_failure_window_ms=5000))
+    store = ProfileStore()
+    path, raw = store.path_of("pair"), store.read_raw(store.path_of("pair"))
+    light = outline("pair", raw, source=store, file=path)
+    assert light is not None
+    _, profile = store.load("pair")
+    assert isinstance(profile, LoadBalancerProfile)
+    full = store.resolve("pair", profile, file=path, keys=False).outline
+    assert (light.name, light.policy, dict(light.models)) == (
+        full.name,
+        full.policy,
+        dict(full.models),
+    )
+    assert dict(light.models) == {"a": "openai/sim-model", "b": "openai/other"}
+    assert light.failure_window_ms == full.failure_window_ms == 5000
+    assert [w for w in full.warnings if "left out" not in w] == list(light.warnings)
+
+
+@pytest.mark.parametrize(
+    ("data", "valid"),
+    [
+        (lb([{"name": "inline", "provider": "openai", "model": "m"}, "a"]), True),
+        (lb(["a", "b"], policy="Round-Robin"), True),
+        (lb(["a", "b"], circuit_breaker_failure_window_ms="soon"), False),
+        ({**lb(["a", "b"]), "version": True}, False),
+    ],
+)
+def test_outline_leaves_what_it_does_not_understand_to_full_resolution(
+    write_profile: WriteProfile, data: dict[str, object], valid: bool
+) -> None:
+    """An inline member, a non-canonical policy or an odd setting is not read lightly;
+    ProfileStore.outline then resolves in full, so its errors are the usual ones."""
+    write_profile("a", member())
+    write_profile("b", member())
+    path = write_profile("odd", data)
+    store = ProfileStore()
+    assert outline("odd", store.read_raw(path), source=store, file=path) is None
+    if valid:
+        assert store.outline("odd").member_names
+    else:
+        with pytest.raises(ProfileValidationError) as info:
+            store.outline("odd")
+        assert info.value.file == path
+
+
+def test_outline_keeps_the_minimum_members_rule(write_profile: WriteProfile) -> None:
+    """The light outline applies the same minimum-members rule, with the same message."""
+    write_profile("a", member())
+    write_profile("lonely", lb(["a", "ghost"]))
+    with pytest.raises(ProfileValidationError, match="needs at least 2 usable members, 1 left"):
+        ProfileStore().outline("lonely")
+    with pytest.raises(ProfileValidationError, match="needs at least 2 usable members, 1 left"):
+        ProfileStore().load_loadbalancer("lonely")
+
+
+def test_report_default_window_is_the_settings_default() -> None:
+    """The window a report assumes without LBSettings is LBSettings' default."""
+    assert LBSettings().circuit_breaker_failure_window_ms == DEFAULT_FAILURE_WINDOW_MS

@@ -498,7 +498,7 @@ def test_stats_table_reads_at_80_columns(write_profile: WriteProfile) -> None:
 
 PUSH = """
 import sys
-from lbprovider.profile_store import ProfileStore
+from lbprovider.profiles.store import ProfileStore
 ProfileStore().push("team", sys.argv[1])
 """
 

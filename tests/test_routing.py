@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from lbprovider import policies
+from lbprovider.config import Policy
 from lbprovider.errors import (
     FailureKind,
     NoBackendAvailableError,
@@ -19,7 +20,6 @@ from lbprovider.errors import (
     StreamInterruptedError,
 )
 from lbprovider.events import EventKind
-from lbprovider.profiles import Policy
 from lbprovider.sim import TOOL_USE_ID, serve
 from lbprovider.testing import FakeClock
 from tests.conftest import (

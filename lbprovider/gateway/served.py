@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lbprovider.errors import ConfigError
-from lbprovider.profile_store import ProfileStore
-from lbprovider.profiles import check_name
+from lbprovider.profiles.files import check_name
+from lbprovider.profiles.store import ProfileStore
 from lbprovider.provider import LoadBalancingProvider
 from lbprovider.provider_cache import ProviderCache, loadbalancer_names
 

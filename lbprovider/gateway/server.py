@@ -22,13 +22,13 @@ from typing import Any
 
 from aiohttp import web
 
+from lbprovider.config import TransportKind
 from lbprovider.gateway.app import Gateway, Settings, build_app
 from lbprovider.gateway.keys import KEY_ENV, ServeKeys
 from lbprovider.gateway.metrics import GatewayMetrics
 from lbprovider.gateway.served import Alias, Served
 from lbprovider.paths import home_dir
-from lbprovider.profile_store import ProfileStore
-from lbprovider.profiles import TransportKind
+from lbprovider.profiles.store import ProfileStore
 
 __all__ = ["GatewayServer", "ServeOptions", "run"]
 

@@ -16,7 +16,6 @@ a user from reaching a backend.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import json
@@ -28,13 +27,18 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lbprovider.state import Updater
 from lbprovider.state.health import StoreHealth, Unavailable
 from lbprovider.state.memory import MemoryStore
 
+if TYPE_CHECKING:
+    import asyncio
+
 __all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("lbprovider")
 
@@ -272,7 +276,7 @@ class SQLiteStore:
     async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Current values of ``keys``, awaited."""
         future = self._submit("get", list(dict.fromkeys(keys)), wait=True)
-        return await asyncio.wrap_future(future)
+        return await _wrap(future)
 
     def scan(self, prefix: str) -> dict[str, Any]:
         """Every key starting with ``prefix``."""
@@ -300,9 +304,9 @@ class SQLiteStore:
         future = self._submit("update", dict(updates), wait=True)
         extra = [k for k in dict.fromkeys(read) if k not in updates]
         reading = self._submit("get", extra, wait=True) if extra else None
-        out: dict[str, Any] = dict(await asyncio.wrap_future(future))
+        out: dict[str, Any] = dict(await _wrap(future))
         if reading is not None:
-            out.update(await asyncio.wrap_future(reading))
+            out.update(await _wrap(reading))
         return out
 
     def post_many(
@@ -331,3 +335,11 @@ class SQLiteStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _wrap(future: Future[T]) -> asyncio.Future[T]:
+    """``asyncio.wrap_future``, imported when first awaited: a command that reads the
+    store synchronously (``stats``) starts without importing asyncio."""
+    import asyncio
+
+    return asyncio.wrap_future(future)

@@ -29,8 +29,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
+from lbprovider.config import Member, TransportKind
 from lbprovider.errors import ConfigError
-from lbprovider.profiles import Member, TransportKind
 from lbprovider.redaction import is_secret_name
 
 __all__ = [

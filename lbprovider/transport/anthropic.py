@@ -33,8 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from lbprovider.config import Member
 from lbprovider.errors import TransportError
-from lbprovider.profiles import Member
 from lbprovider.redaction import is_secret_name, scrub
 from lbprovider.transport import (
     Api,

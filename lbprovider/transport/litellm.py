@@ -20,8 +20,8 @@ import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from lbprovider.config import Member
 from lbprovider.errors import ConfigError, TransportError
-from lbprovider.profiles import Member
 from lbprovider.redaction import scrub
 from lbprovider.transport import (
     Chunk,

@@ -37,9 +37,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from lbprovider.config import Member
 from lbprovider.errors import TransportError
 from lbprovider.loops import PerLoop
-from lbprovider.profiles import Member
 from lbprovider.redaction import scrub
 from lbprovider.transport import (
     Api,

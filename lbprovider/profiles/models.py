@@ -1,21 +1,19 @@
-"""Profile models (SPEC §2.1, §2.2): the llxprt-compatible JSON format, parsed once.
+"""Profile format models (SPEC §2.1, §2.2): the llxprt-compatible JSON format, parsed once.
 
 A profile file is either a *member* (one backend) or a *load balancer*
 (``"type": "loadbalancer"``).  :func:`parse_profile` turns the JSON object into a
 frozen pydantic model or raises :class:`ProfileValidationError` naming the file
-and every bad field path.  :class:`Member` and :class:`LoadBalancerConfig` are the
-resolved, ready-to-route forms the engine sees.
+and every bad field path, in words a profile's author uses.
+
+Schemas are built on first use (``defer_build``): a command that reads only member
+profiles never builds the load-balancer schema, and one that reads none builds nothing.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,92 +28,35 @@ from pydantic import (
     field_validator,
 )
 
-from lbprovider.errors import ConfigError, ProfileNameError, ProfileValidationError
-from lbprovider.redaction import is_path_like, redact, redact_profile
+from lbprovider.config import NATIVE_PROVIDERS, Continuation, Policy, TransportKind
+from lbprovider.errors import ProfileValidationError
+from lbprovider.profiles.files import NAME_PATTERN, is_loadbalancer
 from lbprovider.settings import LBSettings
 
 __all__ = [
-    "NAME_PATTERN",
-    "NATIVE_PROVIDERS",
-    "Continuation",
-    "LoadBalancerConfig",
+    "InlineMember",
     "LoadBalancerProfile",
-    "Member",
     "MemberProfile",
-    "Policy",
-    "TransportKind",
-    "check_name",
+    "MemberSettings",
+    "Profile",
+    "parse_inline_member",
     "parse_profile",
-    "redact",
-    "redact_profile",
-    "resolve_key",
+    "plain_message",
+    "validation_error",
 ]
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-NAME_MAX = 100
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-KEY_FIELDS = ("auth-key",)
-
-
-def check_name(name: str, *, file: Path | None = None, field: str | None = None) -> str:
-    """Return ``name`` if it is a valid profile name, else raise ProfileNameError.
-
-    A name never becomes an arbitrary path: no ``/``, no ``..``, no leading dot, at most
-    :data:`NAME_MAX` characters.
-    """
-    if isinstance(name, str) and len(name) > NAME_MAX:
-        raise ProfileNameError(
-            f"profile name of {len(name)} characters ({name[:20]!r}...)",
-            file=file,
-            field=field,
-            hint=f"use at most {NAME_MAX} characters",
-        )
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
-        raise ProfileNameError(
-            f"invalid profile name {name!r}",
-            file=file,
-            field=field,
-            hint="use letters, digits, '.', '_' and '-', starting with a letter or digit",
-        )
-    return name
-
-
-class Policy(StrEnum):
-    """How the start member of a request is chosen (SPEC §3.1)."""
-
-    ROUNDROBIN = "roundrobin"
-    FAILOVER = "failover"
-
-
-class TransportKind(StrEnum):
-    """How a member is called (SPEC §4.1)."""
-
-    NATIVE = "native"  # the provider's own HTTP API (OpenAI-compatible, Anthropic), no litellm
-    LITELLM = "litellm"  # litellm.acompletion, for every other provider
-
-    @classmethod
-    def default_for(cls, provider: str) -> TransportKind:
-        """``native`` for providers ``openai`` (whatever its base URL) and ``anthropic``,
-        else ``litellm``."""
-        return cls.NATIVE if provider.lower() in NATIVE_PROVIDERS else cls.LITELLM
-
-
-# The providers whose API the native transport speaks (SPEC §4.1, §4.2).
-NATIVE_PROVIDERS = frozenset({"openai", "anthropic"})
-
-
-class Continuation(StrEnum):
-    """Whether a member can continue a partial answer (SPEC §3.4)."""
-
-    NONE = "none"
-    PREFILL = "prefill"  # give the partial answer as a trailing assistant message
 
 
 class MemberSettings(BaseModel):
     """A member's ``ephemeralSettings``: the keys we use, the rest kept and ignored."""
 
     model_config = ConfigDict(
-        extra="allow", frozen=True, hide_input_in_errors=True, populate_by_name=True
+        extra="allow",
+        frozen=True,
+        hide_input_in_errors=True,
+        populate_by_name=True,
+        defer_build=True,
     )
 
     base_url: StrictStr | None = Field(default=None, alias="base-url")
@@ -155,7 +96,9 @@ class MemberSettings(BaseModel):
 
 class _ProfileBase(BaseModel):
     # Unknown top-level keys (llxprt's "auth", ...) are kept and ignored.
-    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="allow", frozen=True, hide_input_in_errors=True, defer_build=True
+    )
 
     version: Annotated[StrictInt, Field(ge=1, le=1)] = 1
     modelParams: dict[str, Any] = Field(default_factory=dict)
@@ -307,12 +250,6 @@ def validation_error(
     return err
 
 
-def is_loadbalancer(data: Mapping[str, Any]) -> bool:
-    """True when a raw profile object declares itself a load balancer."""
-    t = data.get("type")
-    return isinstance(t, str) and t.lower() == "loadbalancer"
-
-
 def parse_profile(data: Any, *, file: Path | None = None) -> Profile:
     """Validate a raw JSON value as a member or load-balancer profile."""
     if not isinstance(data, dict):
@@ -364,114 +301,3 @@ def parse_inline_member(data: Any, *, file: Path | None, field: str) -> InlineMe
         raise validation_error(exc, file=file, prefix=field) from None
     _check_transport(parsed, file=file, prefix=f"{field}.")
     return parsed
-
-
-def resolve_key(
-    member: MemberProfile,
-    *,
-    file: Path | None = None,
-    field_prefix: str = "",
-    env: Mapping[str, str] | None = None,
-) -> SecretStr | None:
-    """Resolve a member's key: ``auth-key``, ``auth-keyfile``, ``auth-key-env``, else None.
-
-    None means "let litellm use its provider default" (e.g. ``OPENAI_API_KEY``).
-    """
-    env = os.environ if env is None else env
-    s = member.ephemeralSettings
-    where = f"{field_prefix}ephemeralSettings"
-    if s.auth_key is not None:
-        return s.auth_key
-    if s.auth_keyfile is not None:
-        return SecretStr(_read_keyfile(s.auth_keyfile, file=file, field=f"{where}.auth-keyfile"))
-    if s.auth_key_env is not None:
-        value = env.get(s.auth_key_env, "").strip()
-        if not value:
-            raise ConfigError(
-                f"environment variable {s.auth_key_env} is not set",
-                file=file,
-                field=f"{where}.auth-key-env",
-                hint=f"export {s.auth_key_env}=... or use auth-keyfile",
-            )
-        return SecretStr(value)
-    return None
-
-
-KEYFILE_LIMIT = 64 * 1024
-
-
-def _read_keyfile(value: str, *, file: Path | None, field: str) -> str:
-    """The key in a key file: a regular file of at most 64 KiB (a FIFO would block)."""
-    # A value that does not look like a path may be a key pasted in the wrong field.
-    shown = repr(value) if is_path_like(value) else f"{redact(value)} (redacted: not a path)"
-
-    def error(problem: str, hint: str) -> ConfigError:
-        return ConfigError(f"key file {shown} {problem}", file=file, field=field, hint=hint)
-
-    path = Path(value).expanduser()
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise error(
-            f"cannot be read: {exc.strerror or exc}",
-            "create the file, fix the path, or use auth-key-env",
-        ) from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise error(f"is {kind}", "point auth-keyfile at a file holding only the key")
-    if info.st_size > KEYFILE_LIMIT:
-        raise error(f"is larger than {KEYFILE_LIMIT // 1024} KiB", "a key file holds only the key")
-    try:
-        text = path.read_text(encoding="utf-8-sig").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise error(
-            f"cannot be read: {getattr(exc, 'strerror', None) or exc}", "fix its permissions"
-        ) from None
-    if not text:
-        raise error("is empty", "put the key in the file")
-    return text
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """A resolved member: everything one backend call needs."""
-
-    name: str
-    provider: str
-    model: str
-    api_base: str | None
-    api_key: SecretStr | None = field(repr=False)
-    model_params: Mapping[str, Any]
-    context_limit: int | None = None
-    file: Path | None = None
-    # None: the provider's default (TransportKind.default_for), filled in below.
-    transport: TransportKind = None  # type: ignore[assignment]
-    max_output_tokens: int | None = None
-    continuation: Continuation = Continuation.NONE
-
-    def __post_init__(self) -> None:
-        if self.transport is None:
-            object.__setattr__(self, "transport", TransportKind.default_for(self.provider))
-
-    @property
-    def litellm_model(self) -> str:
-        """The litellm model string ``provider/model``."""
-        return f"{self.provider}/{self.model}"
-
-
-@dataclass(frozen=True, slots=True)
-class LoadBalancerConfig:
-    """A resolved load balancer: its members in order, its settings, what was dropped."""
-
-    name: str
-    policy: Policy
-    members: tuple[Member, ...]
-    settings: LBSettings
-    model_params: Mapping[str, Any]
-    file: Path | None = None
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def member_names(self) -> list[str]:
-        """Member names in routing order."""
-        return [m.name for m in self.members]

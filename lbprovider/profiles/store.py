@@ -1,175 +1,41 @@
-"""The profile store (SPEC §2): find, read, resolve and atomically write profile files.
+"""The profile store (SPEC §2): find, read, validate and atomically edit profile files.
 
 Reads go through the search path (first hit wins).  Edits (save, push, pop) work
 on the raw JSON object, so keys and unknown llxprt settings survive untouched, are
 validated as a whole before anything is written, and land with temp file + rename
 at mode 0600: a crash never leaves a half-written profile.
+
+The format models (pydantic) are imported by the methods that validate, not here:
+finding, listing names and a report's :meth:`ProfileStore.outline` cost no pydantic.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import fcntl
-import json
 import os
-import stat
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lbprovider.errors import (
-    ConfigError,
-    LBError,
-    ProfileFormatError,
-    ProfileNotFoundError,
-    ProfileValidationError,
-)
+from lbprovider.config import LoadBalancerConfig, Outline
+from lbprovider.errors import ConfigError, LBError, ProfileNotFoundError
 from lbprovider.paths import home_dir, profile_search_dirs
-from lbprovider.profiles import (
-    LoadBalancerConfig,
-    LoadBalancerProfile,
-    Member,
-    MemberProfile,
-    Policy,
-    TransportKind,
+from lbprovider.profiles.files import (
+    SUFFIX,
+    atomic_write_json,
     check_name,
     is_loadbalancer,
-    parse_inline_member,
-    parse_profile,
-    resolve_key,
+    profile_lock,
+    read_profile_json,
+    valid_name,
 )
-from lbprovider.settings import SETTING_KEYS
+from lbprovider.profiles.resolve import nesting_error, outline, resolve
 
-__all__ = [
-    "PROFILE_LIMIT",
-    "ProfileEntry",
-    "ProfileStore",
-    "Validation",
-    "atomic_write_json",
-    "profile_lock",
-    "read_profile_json",
-]
+if TYPE_CHECKING:
+    from lbprovider.profiles.models import LoadBalancerProfile, MemberProfile
 
-_SUFFIX = ".json"
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` with temp file + fsync + rename, mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-PROFILE_LIMIT = 1024 * 1024
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def check_profile_file(path: Path) -> None:
-    """The one check of a profile path: a regular file of sensible size, or an error
-    that says what is there instead (never "not found", never a hang on a FIFO)."""
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        raise ConfigError("the file does not exist", file=path) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file=path) from None
-    if stat.S_ISLNK(info.st_mode):
-        try:
-            info = path.stat()
-        except OSError:
-            target = os.readlink(path)
-            raise ConfigError(
-                f"is a symbolic link to {target!r}, which does not exist",
-                file=path,
-                hint="fix or remove the link",
-            ) from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ConfigError(
-            "is a directory, not a profile file", file=path, hint="profiles are NAME.json files"
-        )
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(
-            "is not a regular file (a FIFO, socket or device)",
-            file=path,
-            hint="profiles are NAME.json files",
-        )
-    if info.st_size > PROFILE_LIMIT:
-        raise ConfigError(
-            f"is larger than {PROFILE_LIMIT // 1024} KiB",
-            file=path,
-            hint="a profile is a small JSON object",
-        )
-
-
-def read_profile_json(path: Path) -> Any:
-    """A profile file's JSON: UTF-8 (a BOM is fine), no duplicate keys, not absurdly
-    nested; every problem is a :class:`ConfigError` naming the file."""
-    check_profile_file(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ProfileFormatError("the file is not UTF-8 text", file=path) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the file: {exc.strerror or exc}",
-            file=path,
-            hint="check that it is readable",
-        ) from None
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as exc:
-        raise ProfileFormatError(exc.msg, file=path, line=exc.lineno, column=exc.colno) from None
-    except _DuplicateKey as exc:
-        raise ProfileFormatError(
-            f"the key {exc.key!r} appears twice in one object (which one was meant?)", file=path
-        ) from None
-    except RecursionError:
-        raise ProfileFormatError("it is nested too deeply to be a profile", file=path) from None
-
-
-@contextlib.contextmanager
-def profile_lock(path: Path) -> Iterator[None]:
-    """Hold the exclusive lock that serialises edits of a profile (SPEC §2): ten
-    processes pushing ten members at once leave all ten in the file.
-
-    The lock is taken on the profile's directory (``flock`` works on a directory's file
-    descriptor), so no lock file is left beside the profiles; edits are rare enough
-    that one lock per directory costs nothing.
-    """
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+__all__ = ["ProfileEntry", "ProfileStore", "Validation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +94,7 @@ class ProfileStore:
         """
         check_name(name)
         for d in self.dirs:
-            candidate = d / f"{name}{_SUFFIX}"
+            candidate = d / f"{name}{SUFFIX}"
             if os.path.lexists(candidate):
                 return candidate
         return None
@@ -246,9 +112,9 @@ class ProfileStore:
         for d in self.dirs:
             if not d.is_dir():
                 continue
-            for p in sorted(d.glob(f"*{_SUFFIX}")):
-                name = p.name[: -len(_SUFFIX)]
-                if _valid_name(name):
+            for p in sorted(d.glob(f"*{SUFFIX}")):
+                name = p.name[: -len(SUFFIX)]
+                if valid_name(name):
                     found.setdefault(name, []).append(p)
         return [ProfileEntry(n, ps[0], tuple(ps[1:])) for n, ps in sorted(found.items())]
 
@@ -259,6 +125,8 @@ class ProfileStore:
 
     def load(self, name: str) -> tuple[Path, MemberProfile | LoadBalancerProfile]:
         """Find and parse profile ``name`` (member or load balancer)."""
+        from lbprovider.profiles.models import parse_profile
+
         path = self.path_of(name)
         return path, parse_profile(self.read_raw(path), file=path)
 
@@ -266,6 +134,12 @@ class ProfileStore:
 
     def load_loadbalancer(self, name: str) -> LoadBalancerConfig:
         """Load a load-balancer profile and resolve its members through the store."""
+        path, profile = self._load_lb(name)
+        return self.resolve(name, profile, file=path)
+
+    def _load_lb(self, name: str) -> tuple[Path, LoadBalancerProfile]:
+        from lbprovider.profiles.models import LoadBalancerProfile
+
         path, profile = self.load(name)
         if not isinstance(profile, LoadBalancerProfile):
             raise ConfigError(
@@ -274,7 +148,7 @@ class ProfileStore:
                 field="type",
                 hint='load balancers have "type": "loadbalancer"; use a load-balancer name',
             )
-        return self.resolve(name, profile, file=path)
+        return path, profile
 
     def resolve(
         self,
@@ -285,113 +159,23 @@ class ProfileStore:
         strict: bool = False,
         keys: bool = True,
     ) -> LoadBalancerConfig:
-        """Resolve members in order. Missing ones are dropped with a warning unless ``strict``.
-
-        Duplicates keep their first position (warning); a member that is itself a
-        load balancer is an error; a member whose key cannot be resolved is left out with
-        a warning (``keys`` False, as when saving: the member stays, and a key that cannot
-        be resolved now is only a warning, SPEC §2.2); too few usable members is an error.
-        """
-        warnings: list[str] = []
-        members: list[Member] = []
-        seen: dict[str, int] = {}
-        for i, entry in enumerate(profile.profiles):
-            where = f"profiles[{i}]"
-            if isinstance(entry, str):
-                check_name(entry, file=file, field=where)
-                member_name = entry
-                if member_name in seen:
-                    warnings.append(
-                        f"{where}: duplicate member {member_name!r} ignored "
-                        f"(kept at profiles[{seen[member_name]}])"
-                    )
-                    continue
-                member_path = self.find(member_name)
-                if member_path is None:
-                    if strict:
-                        raise ProfileNotFoundError(member_name, self.dirs, file=file, field=where)
-                    warnings.append(f"{where}: member {member_name!r} not found; skipped")
-                    continue
-                raw = self.read_raw(member_path)
-                if isinstance(raw, dict) and is_loadbalancer(raw):
-                    raise _nesting_error(member_name, file=file, field=where)
-                parsed = parse_profile(raw, file=member_path)
-                assert isinstance(parsed, MemberProfile)
-                member_file: Path | None = member_path
-            elif isinstance(entry, dict):
-                inline = parse_inline_member(entry, file=file, field=where)
-                member_name = inline.name
-                if member_name in seen:
-                    warnings.append(
-                        f"{where}: duplicate member {member_name!r} ignored "
-                        f"(kept at profiles[{seen[member_name]}])"
-                    )
-                    continue
-                parsed = inline
-                member_file = file
-            else:
-                raise ProfileValidationError(
-                    f"must be a member profile name or an inline member object, "
-                    f"not {type(entry).__name__}",
-                    file=file,
-                    field=where,
-                    hint="write the member's profile name as a string",
-                )
-            seen[member_name] = i
-            key = None
-            try:
-                key = resolve_key(
-                    parsed,
-                    file=member_file,
-                    field_prefix="" if isinstance(entry, str) else f"{where}.",
-                    env=self._env,
-                )
-            except ConfigError as exc:
-                if keys:
-                    # SPEC §2.2: an unusable member is left out like a missing one.
-                    warnings.append(f"{where}: member {member_name!r} left out: {exc}")
-                    continue
-                # Saving: the member is saved and left out at use until its key resolves.
-                warnings.append(
-                    f"{where}: member {member_name!r} is left out until its key can be "
-                    f"resolved: {exc}"
-                )
-                key = None
-            members.append(
-                Member(
-                    name=member_name,
-                    provider=parsed.provider,
-                    model=parsed.model,
-                    api_base=parsed.ephemeralSettings.base_url,
-                    api_key=key,
-                    model_params={**parsed.modelParams, **profile.modelParams},
-                    context_limit=parsed.ephemeralSettings.context_limit,
-                    file=member_file,
-                    transport=parsed.ephemeralSettings.transport
-                    or TransportKind.default_for(parsed.provider),
-                    max_output_tokens=parsed.ephemeralSettings.max_output_tokens,
-                    continuation=parsed.ephemeralSettings.continuation,
-                )
-            )
-        minimum = 2 if profile.policy is Policy.FAILOVER else 1
-        if len(members) < minimum:
-            need = "at least 2 usable members" if minimum == 2 else "a usable member"
-            dropped = f": {'; '.join(warnings)}" if warnings else ""
-            raise ProfileValidationError(
-                f"a {profile.policy.value} load balancer needs {need}, "
-                f"{len(members)} left{dropped}",
-                file=file,
-                field="profiles",
-            )
-        return LoadBalancerConfig(
-            name=name,
-            policy=profile.policy,
-            members=tuple(members),
-            settings=profile.ephemeralSettings,
-            model_params=dict(profile.modelParams),
-            file=file,
-            warnings=tuple(warnings),
+        """Resolve members in order (:func:`lbprovider.profiles.resolve.resolve`). Missing
+        ones are dropped with a warning unless ``strict``; with ``keys`` False a key that
+        cannot be resolved now is only a warning (saving, reports: SPEC §2.2)."""
+        return resolve(
+            name, profile, source=self, env=self._env, file=file, strict=strict, keys=keys
         )
+
+    def outline(self, name: str) -> Outline:
+        """Load balancer ``name`` as a report needs it: member names and models, no keys
+        (SPEC §2.2: a report may be read where none of the keys is). A plain file is read
+        without pydantic; any other is resolved in full, so its errors are the usual ones."""
+        path = self.path_of(name)
+        found = outline(name, self.read_raw(path), source=self, file=path)
+        if found is not None:
+            return found
+        path, profile = self._load_lb(name)
+        return self.resolve(name, profile, file=path, keys=False).outline
 
     # -- validation ----------------------------------------------------------------------
 
@@ -410,6 +194,9 @@ class ProfileStore:
         return results
 
     def _validate_one(self, name: str, path: Path) -> Validation:
+        from lbprovider.profiles.keys import resolve_key
+        from lbprovider.profiles.models import LoadBalancerProfile, parse_profile
+
         result = Validation(name, path)
         try:
             profile = parse_profile(self.read_raw(path), file=path)
@@ -441,11 +228,11 @@ class ProfileStore:
         check_name(name)
         existing = self.find(name)
         if directory is not None:
-            path = directory / f"{name}{_SUFFIX}"
+            path = directory / f"{name}{SUFFIX}"
         elif existing is not None:
             path = existing
         else:
-            path = self.write_dir / f"{name}{_SUFFIX}"
+            path = self.write_dir / f"{name}{SUFFIX}"
         try:
             atomic_write_json(path, dict(data))
         except OSError as exc:
@@ -466,6 +253,8 @@ class ProfileStore:
         directory: Path | None = None,
     ) -> tuple[Path, LoadBalancerConfig]:
         """Create or replace a load-balancer profile; every member must exist."""
+        from lbprovider.settings import SETTING_KEYS
+
         check_name(name)
         for key in settings or {}:
             if key not in SETTING_KEYS:
@@ -514,7 +303,7 @@ class ProfileStore:
         """Where a new load balancer goes: the one search-path directory all its members
         come from (a project's ``.lbprovider/profiles/``, so it travels with them), else
         ``write_dir``."""
-        paths = [self.find(m) if _valid_name(m) else None for m in members]
+        paths = [self.find(m) if valid_name(m) else None for m in members]
         parents = {p.parent for p in paths if p is not None}
         if None in paths or len(parents) != 1:
             return self.write_dir
@@ -527,7 +316,7 @@ class ProfileStore:
             return self._push(name, member)
 
     def _push(self, name: str, member: str) -> tuple[Path, LoadBalancerConfig]:
-        path, data = self._read_lb(name)
+        path, data, _ = self._read_lb(name)
         check_name(member, field="MEMBER")
         names = _entry_names(data["profiles"])
         if member in names:
@@ -540,7 +329,7 @@ class ProfileStore:
         member_path = self.path_of(member, field="MEMBER")
         raw = self.read_raw(member_path)
         if isinstance(raw, dict) and is_loadbalancer(raw):
-            raise _nesting_error(member, file=path, field=f"profiles[{len(names)}]")
+            raise nesting_error(member, file=path, field=f"profiles[{len(names)}]")
         data["profiles"] = [*data["profiles"], member]
         config = self._check_lb(name, data, file=path)
         return self.write(name, data), config
@@ -551,14 +340,13 @@ class ProfileStore:
             return self._pop(name)
 
     def _pop(self, name: str) -> tuple[Path, str, LoadBalancerConfig]:
-        path, data = self._read_lb(name)
+        path, data, profile = self._read_lb(name)
         entries = list(data["profiles"])
-        policy = str(data.get("policy", "")).lower()
-        minimum = 2 if policy == Policy.FAILOVER.value else 1
+        minimum = profile.policy.minimum_members
         if len(entries) <= minimum:
             raise ConfigError(
-                f"{name!r} has {len(entries)} member(s); a {policy} load balancer needs "
-                f"at least {minimum}",
+                f"{name!r} has {len(entries)} member(s); a {profile.policy.value} load "
+                f"balancer needs at least {minimum}",
                 file=path,
                 field="profiles",
                 hint="push another member first, or delete the profile",
@@ -569,7 +357,9 @@ class ProfileStore:
         config = self._check_lb(name, data, file=path)
         return self.write(name, data), removed_name, config
 
-    def _read_lb(self, name: str) -> tuple[Path, dict[str, Any]]:
+    def _read_lb(self, name: str) -> tuple[Path, dict[str, Any], LoadBalancerProfile]:
+        from lbprovider.profiles.models import LoadBalancerProfile, parse_profile
+
         path = self.path_of(name)
         data = self.read_raw(path)
         if not (isinstance(data, dict) and is_loadbalancer(data)):
@@ -580,9 +370,11 @@ class ProfileStore:
             )
         profile = parse_profile(data, file=path)  # a broken file is reported, never edited
         assert isinstance(profile, LoadBalancerProfile)
-        return path, data
+        return path, data, profile
 
     def _check_lb(self, name: str, data: Mapping[str, Any], *, file: Path) -> LoadBalancerConfig:
+        from lbprovider.profiles.models import LoadBalancerProfile, parse_profile
+
         profile = parse_profile(dict(data), file=file)
         assert isinstance(profile, LoadBalancerProfile)
         # Saving never requires keys (SPEC §2.2): they are resolved when the profile is used.
@@ -616,28 +408,13 @@ def _make_dir(directory: Path) -> None:
         ) from None
 
 
-def _valid_name(name: str) -> bool:
-    try:
-        check_name(name)
-    except ConfigError:
-        return False
-    return True
-
-
 def _entry_names(entries: list[Any]) -> list[str]:
     return [e if isinstance(e, str) else str(e.get("name", "?")) for e in entries]
 
 
-def _nesting_error(member: str, *, file: Path | None, field: str) -> ConfigError:
-    return ConfigError(
-        f"member {member!r} is itself a load balancer; load balancers do not nest",
-        file=file,
-        field=field,
-        hint="list that load balancer's members directly instead",
-    )
-
-
 def _unknown_setting_warnings(extra: Mapping[str, Any]) -> list[str]:
+    from lbprovider.settings import SETTING_KEYS
+
     out = []
     for key in extra:
         close = difflib.get_close_matches(key, SETTING_KEYS, n=1, cutoff=0.8)
