@@ -26,6 +26,8 @@ class EventKind(StrEnum):
     BREAKER = "breaker"  # a breaker changed state (outcome: the new state)
     FAILBACK = "failback"  # failover tried member 0 again (outcome: success/failure)
     REQUEST = "request"  # a request ended (outcome: success/failure/cancelled)
+    AFFINITY = "affinity"  # a known conversation met its member first, or not (hit/miss)
+    HEDGE = "hedge"  # a hedge started, and which attempt served (started/won/lost)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,12 +29,16 @@ from typing import Any, Generic, TypeVar
 
 from lbprovider import breaker as brk
 from lbprovider import stats, window
+from lbprovider.affinity import AffinityRecord
 from lbprovider.config import Outline
+from lbprovider.headroom import RateLimit
 from lbprovider.policies import LBRecord
 from lbprovider.state import StateStore, Updater
 
 __all__ = [
+    "AFFINITY",
     "BREAKER",
+    "HEADROOM",
     "LB",
     "METRICS",
     "TPM",
@@ -43,8 +47,10 @@ __all__ = [
     "Key",
     "Kind",
     "Ledger",
+    "affinity_key",
     "bench",
     "breaker_key",
+    "headroom_key",
     "lb_key",
     "metrics_key",
     "recorded_profiles",
@@ -78,7 +84,19 @@ TPM: Kind[window.Buckets] = Kind(
 METRICS: Kind[stats.MemberMetrics] = Kind(
     "metrics", stats.MemberMetrics.from_dict, stats.MemberMetrics.to_dict
 )
-KINDS = {k.name: k for k in (LB, BREAKER, TPM, METRICS)}
+# A conversation's member (SPEC §3.5): kept at most a day, the longest affinity_ttl_ms
+# (the load balancer's own time to live is applied when the record is read).
+AFFINITY: Kind[AffinityRecord] = Kind(
+    "affinity", AffinityRecord.from_dict, AffinityRecord.to_dict, ttl_s=86_400
+)
+# A member's rate-limit headroom as it last said (SPEC §3.6); lapses at its resets.
+HEADROOM: Kind[RateLimit | None] = Kind(
+    "headroom",
+    lambda raw: RateLimit.from_dict(raw) if raw else None,
+    lambda rec: rec.to_dict() if rec is not None else None,
+    ttl_s=86_400,
+)
+KINDS = {k.name: k for k in (LB, BREAKER, TPM, METRICS, AFFINITY, HEADROOM)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +129,16 @@ def breaker_key(member: str) -> Key[brk.BreakerRecord]:
 def tpm_key(member: str) -> Key[window.Buckets]:
     """A member's TPM buckets (shared by every load balancer)."""
     return Key(TPM, member)
+
+
+def affinity_key(profile: str, conversation: str) -> Key[AffinityRecord]:
+    """A conversation's member under one load balancer (``conversation``: a SHA-256)."""
+    return Key(AFFINITY, f"{profile}:{conversation}")
+
+
+def headroom_key(member: str) -> Key[RateLimit | None]:
+    """A member's last rate-limit headers (shared by every load balancer)."""
+    return Key(HEADROOM, member)
 
 
 def metrics_key(profile: str, member: str) -> Key[stats.MemberMetrics]:

@@ -30,8 +30,13 @@ __all__ = [
     "Start",
     "begin",
     "candidates",
+    "claim_hedge",
+    "claim_panic",
+    "count",
     "failed_back",
     "move_sticky",
+    "note_request",
+    "release_panic",
     "served",
     "unclaim_failback",
 ]
@@ -51,6 +56,12 @@ class LBRecord:
     last_selected: str | None = None
     last_model: str | None = None
     counts: dict[str, int] = field(default_factory=dict)  # requests served, per member
+    # [v3] affinityHits, affinityMisses, hedges, hedgeWins, panicProbes (SPEC §6).
+    counters: dict[str, int] = field(default_factory=dict)
+    # Requests and hedges started, per 10-second bucket, for the hedge budget (SPEC §4.3).
+    window: dict[str, list[int]] = field(default_factory=dict)
+    panic_id: str | None = None  # the panic probe in flight (SPEC §3.3), one per LB...
+    panic_until: float | None = None  # ...until its lease ends (renewed while it runs)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for the state store."""
@@ -65,6 +76,10 @@ class LBRecord:
             "lastSelected": self.last_selected,
             "lastModel": self.last_model,
             "counts": dict(self.counts),
+            "counters": dict(self.counters),
+            "window": {k: list(v) for k, v in self.window.items()},
+            "panicId": self.panic_id,
+            "panicUntil": self.panic_until,
         }
 
     def without_counters(self) -> LBRecord:
@@ -75,6 +90,9 @@ class LBRecord:
             sticky=self.sticky,
             sticky_ticket=self.sticky_ticket,
             away_since=self.away_since,
+            window=self.window,
+            panic_id=self.panic_id,
+            panic_until=self.panic_until,
         )
 
     @classmethod
@@ -93,6 +111,10 @@ class LBRecord:
             last_selected=d.get("lastSelected"),
             last_model=d.get("lastModel"),
             counts=dict(d.get("counts") or {}),
+            counters=dict(d.get("counters") or {}),
+            window={k: list(v) for k, v in (d.get("window") or {}).items()},
+            panic_id=d.get("panicId"),
+            panic_until=d.get("panicUntil"),
         )
 
 
@@ -172,3 +194,63 @@ def served(rec: LBRecord, member: str | None, model: str | None) -> LBRecord:
     counts = dict(rec.counts)
     counts[member] = counts.get(member, 0) + 1
     return replace(rec, total=rec.total + 1, last_selected=member, last_model=model, counts=counts)
+
+
+def count(rec: LBRecord, name: str, n: int = 1) -> LBRecord:
+    """Add ``n`` to one of the load balancer's [v3] counters (``affinityHits``, ...)."""
+    counters = dict(rec.counters)
+    counters[name] = counters.get(name, 0) + n
+    return replace(rec, counters=counters)
+
+
+WINDOW_BUCKET_S = 10
+WINDOW_S = 60
+
+
+def _bucket(now: float) -> int:
+    return int(now // WINDOW_BUCKET_S)
+
+
+def _recent(rec: LBRecord, now: float) -> dict[str, list[int]]:
+    """The window's buckets that overlap the last minute."""
+    oldest = _bucket(now - WINDOW_S)
+    return {k: v for k, v in rec.window.items() if int(k) >= oldest}
+
+
+def note_request(rec: LBRecord, now: float) -> LBRecord:
+    """Count a request started, for the hedge budget."""
+    window = _recent(rec, now)
+    key = str(_bucket(now))
+    requests, hedges = window.get(key, [0, 0])
+    window[key] = [requests + 1, hedges]
+    return replace(rec, window=window)
+
+
+def claim_hedge(rec: LBRecord, now: float, percent: int) -> tuple[bool, LBRecord]:
+    """May this request start a hedge now (SPEC §4.3)?  While the hedges started in the
+    last 60 s, this one included, number at most 1 + percent/100 × the requests started
+    then (so 20 requests at 10 % allow 3): yes, and it is counted."""
+    window = _recent(rec, now)
+    requests = sum(v[0] for v in window.values())
+    hedges = sum(v[1] for v in window.values())
+    if hedges + 1 > 1 + percent / 100 * requests:
+        return False, rec
+    key = str(_bucket(now))
+    started, counted = window.get(key, [0, 0])
+    window[key] = [started, counted + 1]
+    return True, count(replace(rec, window=window), "hedges")
+
+
+def claim_panic(rec: LBRecord, now: float, probe_id: str, lease_s: float) -> tuple[bool, LBRecord]:
+    """Take the load balancer's one panic probe (SPEC §3.3), unless one is in flight."""
+    if rec.panic_until is not None and now < rec.panic_until and rec.panic_id != probe_id:
+        return False, rec
+    claimed = replace(rec, panic_id=probe_id, panic_until=now + lease_s)
+    return True, count(claimed, "panicProbes")
+
+
+def release_panic(rec: LBRecord, probe_id: str) -> LBRecord:
+    """The panic probe ended: the next all-open request may make one."""
+    if rec.panic_id != probe_id:
+        return rec
+    return replace(rec, panic_id=None, panic_until=None)

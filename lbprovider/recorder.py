@@ -20,6 +20,7 @@ from typing import Any
 
 from lbprovider import breaker as brk
 from lbprovider import policies, stats, window
+from lbprovider.affinity import AffinityRecord
 from lbprovider.clock import Clock
 from lbprovider.config import LoadBalancerConfig, Member, Policy
 from lbprovider.errors import BackendError
@@ -55,6 +56,8 @@ class Part:
     first_chunk_ms: float | None = None
     usage: Usage | None = None
     malformed: int = 0
+    # The request's conversation (SPEC §3.5): the member that serves becomes its member.
+    affinity: Key[AffinityRecord] | None = None
 
 
 class Recorder:
@@ -174,6 +177,13 @@ class Recorder:
             EventKind.FAILOVER, member.name, err.kind.value, status=err.status, detail=err.message
         )
 
+    def affinity(self, *, hit: bool) -> None:
+        """A request with a known conversation: its member came first (a hit), or could
+        not (a miss: not admitted, expired, no longer a member)."""
+        name = "affinityHits" if hit else "affinityMisses"
+        self.ledger.post({lb_key(self.config.name): lambda r: policies.count(r, name)})
+        self.emit(EventKind.AFFINITY, None, "hit" if hit else "miss")
+
     async def probe_released(self, member: Member) -> None:
         """A probe ended saying nothing about health (the caller cancelled)."""
         await self._apply(member, breaker_step=lambda r: brk.on_release(r, probe=True))
@@ -192,6 +202,9 @@ class Recorder:
                 r = policies.move_sticky(r, index, ticket, now)
             return policies.served(r, member.name, member.litellm_model)
 
+        if part.affinity is not None:  # the conversation stays here; its time to live restarts
+            record = AffinityRecord(member.name, now)
+            self.ledger.post({part.affinity: lambda _: record})
         await self._apply(
             member,
             metrics_step=lambda m: stats.record_attempt(

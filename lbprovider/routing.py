@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from lbprovider import breaker as brk
 from lbprovider import policies, window
+from lbprovider.affinity import Affinity, AffinityRecord, conversation
 from lbprovider.classify import classify
 from lbprovider.clock import Clock, Sleep
 from lbprovider.config import Continuation, LoadBalancerConfig, Member
@@ -33,7 +34,7 @@ from lbprovider.errors import (
     StreamInterruptedError,
 )
 from lbprovider.events import EventHook
-from lbprovider.ledger import Ledger
+from lbprovider.ledger import Ledger, affinity_key
 from lbprovider.messages import check_messages
 from lbprovider.recorder import Part, Recorder
 from lbprovider.retry import RetryPolicy
@@ -81,6 +82,9 @@ class Request:
     known: Known | None = None
     # The client's own request, for a member that speaks its API (SPEC §4.2 pass-through).
     wire: Wire | None = None
+    # Its conversation (SPEC §3.5), and the member that conversation names, if any.
+    affinity: Affinity | None = None
+    affine: int | None = None
 
 
 @dataclass
@@ -148,10 +152,19 @@ class Router:
         ``wire``: the client's own request, passed through to members that speak its API.
         """
         check_messages(messages)  # a caller's error is refused before any member is asked
-        start, known = await self.selection.start()
+        explicit = params.get("affinity_key")
+        chat = conversation(self.config, messages, explicit if isinstance(explicit, str) else None)
+        key = affinity_key(self.config.name, chat.key) if chat is not None else None
+        start, known = await self.selection.start([key] if key and chat and chat.follows else [])
         req = Request(
             messages, params, trace, start=start, known=known, streaming=streaming, wire=wire
         )
+        req.affinity = chat
+        if key is not None and key in known:
+            record: AffinityRecord = known[key]
+            req.affine = chat.member_index(record, self.config, self.clock.now()) if chat else None
+            if record.member is not None and req.affine is None:
+                self.recorder.affinity(hit=False)  # expired, or no longer a member
         try:
             opened = await self._first_chunk(req)
         except BaseException:
@@ -164,7 +177,7 @@ class Router:
 
     async def _first_chunk(self, req: Request) -> _Open | None:
         """Walk the plan until a member produces its first chunk (None: nobody did)."""
-        plan = req.plan = self.selection.plan(req.start)
+        plan = req.plan = self.selection.plan(req.start, req.affine)
         while (cand := plan.next()) is not None:
             member = self.config.members[cand.index]
             if cand.first and not await self._admit(req, cand, member, plan):
@@ -199,6 +212,11 @@ class Router:
             member, tpm=not (cand.deferred or cand.failback), known=req.known
         )
         self.recorder.emit_changes(member.name, admitted.changes)
+        if req.affine is not None and cand.index == req.affine and not cand.deferred:
+            # SPEC §3.5: a hit when the conversation's member takes the first attempt
+            # (even if that attempt then fails), a miss when it could not come first.
+            self.recorder.affinity(hit=not admitted.skipped)
+            req.affine = None
         if admitted.skipped:
             await self._skip(req, member, admitted)
             if admitted.tpm_skip:
@@ -438,12 +456,14 @@ class Router:
         billed = usage or Usage(completion_tokens=window.estimate_tokens(req.messages, text))
         previous = req.trace.usage
         req.trace.usage = billed if previous is None else previous + billed
+        chat = req.affinity
         part = Part(
             member,
             cand.index,
             req.start,
             probe=probe,
             failback=cand.failback,
+            affinity=affinity_key(self.config.name, chat.key) if chat is not None else None,
             continued=opened.continued,
             latency_ms=latency,
             first_chunk_ms=opened.first_chunk_ms,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,13 +66,22 @@ class Candidate:
 class Plan:
     """The order of one request's attempts (see the module docstring)."""
 
-    def __init__(self, policy: Policy, n: int, start: policies.Start, retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        n: int,
+        start: policies.Start,
+        retry: RetryPolicy,
+        first: int | None = None,
+    ) -> None:
         self._policy = policy
         self._retry = retry
         order = list(policies.candidates(start.index, n))
         self._failback = start.failback
         if start.failback:
-            order = [0] + [i for i in order if i != 0]
+            first = 0
+        if first is not None:
+            order = [first] + [i for i in order if i != first]
         self._queue: deque[int] = deque(order)
         self._next_pass: list[int] = []
         self._again: int | None = None
@@ -184,7 +193,7 @@ class Selection:
         # The start index this process saw last: where the next request likely starts.
         self._last_start = 0
 
-    async def start(self) -> tuple[policies.Start, Known]:
+    async def start(self, extra: Sequence[Key[Any]] = ()) -> tuple[policies.Start, Known]:
         """This request's ticket and start index, fail-back claim included (atomic), and
         what its first admissions likely need to know, read in the same trip to the store.
 
@@ -193,21 +202,25 @@ class Selection:
         under ``failover``, the next one under ``roundrobin``), :data:`READ_AHEAD`
         members, and member 0 (a fail-back).  So the trip costs the same at 3 members or
         1000; a member outside it (another process moved the index, a long failover) is
-        read when admitted (:meth:`admit`)."""
+        read when admitted (:meth:`admit`).  ``extra``: other records the request needs
+        (its conversation's, SPEC §3.5), read in the same trip."""
         cfg, now = self.config, self.clock.now()
         n = len(cfg.members)
         failback_s = cfg.settings.failback_after_ms / 1000
 
+        hedging = cfg.settings.hedge_after_ms > 0
+
         def begin(rec: policies.LBRecord) -> tuple[policies.Start, policies.LBRecord]:
-            return policies.begin(rec, cfg.policy, n, now, failback_s)
+            start, new = policies.begin(rec, cfg.policy, n, now, failback_s)
+            # The hedge budget counts the requests started (SPEC §4.3).
+            return start, policies.note_request(new, now) if hedging else new
 
         step = 1 if cfg.policy is Policy.ROUNDROBIN else 0
         likely = (self._last_start + step) % n
         ahead = {0} | {(likely + i) % n for i in range(min(n, READ_AHEAD))}
         names = [cfg.members[i].name for i in sorted(ahead)]
-        decided = await self.ledger.decide(
-            lb_key(cfg.name), begin, read=self._admission_keys(names)
-        )
+        read = [*self._admission_keys(names), *extra]
+        decided = await self.ledger.decide(lb_key(cfg.name), begin, read=read)
         self._last_start = decided.decision.index
         return decided.decision, decided.known
 
@@ -224,9 +237,10 @@ class Selection:
             {lb_key(self.config.name): lambda rec: policies.unclaim_failback(rec, start)}
         )
 
-    def plan(self, start: policies.Start) -> Plan:
-        """The order of this request's attempts."""
-        return Plan(self.config.policy, len(self.config.members), start, self.retry)
+    def plan(self, start: policies.Start, first: int | None = None) -> Plan:
+        """The order of this request's attempts (``first``: a conversation's member, tried
+        first when admitted, SPEC §3.5)."""
+        return Plan(self.config.policy, len(self.config.members), start, self.retry, first)
 
     async def admit(
         self, member: Member, *, tpm: bool = True, known: Known | None = None

@@ -44,6 +44,14 @@ class LBSettings(BaseModel):
     stream_idle_timeout_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000)] = 30_000
     failback_after_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000)] = 30_000
     failover_on_content_policy: StrictBool = False
+    # [v3] routing: conversation affinity (§3.5), rate-limit headroom (§3.6), hedging
+    # (§4.3) and the panic probe (§3.3; our own switch, on by default).
+    affinity_ttl_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000)] = 300_000
+    affinity_min_tokens: Annotated[StrictInt, Field(ge=0)] = 1024
+    headroom_enabled: StrictBool = True
+    hedge_after_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000)] = 0
+    hedge_budget_percent: Annotated[StrictInt, Field(ge=0, le=100)] = 10
+    panic_probe_enabled: StrictBool = True
 
     @model_validator(mode="after")
     def _recovery_cap_not_below_start(self) -> LBSettings:

@@ -273,8 +273,8 @@ def build_stats(
         "members": list(members),
         "totalRequests": lb.total,
         "failbacks": lb.failbacks,
-        # [v3] affinity, hedging and panic probes count here once they exist: 0 until then.
-        **dict.fromkeys(PROFILE_V3_COUNTERS, 0),
+        # [v3] affinity, hedging and panic probes (SPEC §6): 0 before anything happened.
+        **{name: lb.counters.get(name, 0) for name in PROFILE_V3_COUNTERS},
         "lastSelected": lb.last_selected,
         "lastSelectedModel": lb.last_model or (models.get(lb.last_selected or "")),
         "profileCounts": {n: lb.counts.get(n, 0) for n in members},

@@ -196,13 +196,16 @@ async def answer(gw: Gateway, form: Form, request: web.Request) -> web.StreamRes
     trace = RequestTrace()
     outcome = RequestOutcome.ERROR
     try:
+        params = asked.params
+        if asked.affinity_key:  # a session header or body field names the conversation
+            params = {**params, "affinity_key": asked.affinity_key}
         if not asked.stream:
             result = await provider.complete_traced(
-                asked.messages, trace, wire=asked.wire, **asked.params
+                asked.messages, trace, wire=asked.wire, **params
             )
             outcome = RequestOutcome.OK
             return web.json_response(form.answer(asked, result), headers=_report(trace, asked))
-        response = await _stream(form, asked, provider, trace, request)
+        response = await _stream(form, asked, params, provider, trace, request)
         outcome = log.outcome
         return response
     except asyncio.CancelledError:
@@ -222,12 +225,13 @@ async def answer(gw: Gateway, form: Form, request: web.Request) -> web.StreamRes
 async def _stream(
     form: Form,
     asked: Asked,
+    params: Mapping[str, Any],
     provider: LoadBalancingProvider,
     trace: RequestTrace,
     request: web.Request,
 ) -> web.StreamResponse:
     started = time.monotonic()
-    chunks = provider.stream_traced(asked.messages, trace, wire=asked.wire, **asked.params)
+    chunks = provider.stream_traced(asked.messages, trace, wire=asked.wire, **params)
     try:
         try:
             first = await anext(chunks)

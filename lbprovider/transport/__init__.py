@@ -66,6 +66,7 @@ RESERVED_KWARGS = frozenset(
         "custom_llm_provider",
         "mock_response",
         "fallbacks",
+        "affinity_key",  # the engine's own: which conversation (SPEC §3.5), not a backend's
     }
 )
 _OUTPUT_CAPS = ("max_tokens", "max_completion_tokens")
