@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from common import KEY, bench_config
 from compare import ROUTING_MARK
 
 import lbprovider
-from lbprovider.clock import Clock, SystemClock, Timer
+from lbprovider.clock import Clock, Timer
 from lbprovider.provider import LoadBalancingProvider
 from lbprovider.settings import LBSettings
 from lbprovider.sim import Behavior, SimServer
@@ -255,6 +256,15 @@ def cache_behavior() -> Behavior:
     return Behavior(cache_ttl=300, chunks=20, text=ANSWER, first_chunk_delay=0.05)
 
 
+@contextlib.asynccontextmanager
+async def three_sims(
+    *behaviors: Behavior | str, clock: Callable[[], float] = time.time
+) -> AsyncIterator[list[SimServer]]:
+    """Three running sims (one per behaviour), closed on the way out."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(SimServer(b, clock=clock)) for b in behaviors]
+
+
 Send = Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]]
 
 
@@ -290,7 +300,9 @@ async def converse(sizes: Sizes, send: Send) -> tuple[list[list[dict[str, Any]]]
                 request = marked(messages)
                 sent.append(request)
                 answer = await send(request)
-            turns.append({"turn": t, **{k: answer[k] for k in ("prompt", "cached")}, "prev": previous})
+            turns.append(
+                {"turn": t, **{k: answer[k] for k in ("prompt", "cached")}, "prev": previous}
+            )
             previous = answer["prompt"]
             messages = [
                 *messages,
@@ -315,6 +327,9 @@ def conversation_figures(
     hits = [s.hits for s in sims]
     later = [t for t in turns if t["turn"] > 0]
     warm = sum(1 for t in later if t["prev"] and t["cached"] >= t["prev"])
+    # The conversation's own tokens: every member caches the shared system prompt soon.
+    own = sum(t["prompt"] - SYSTEM_TOKENS for t in turns)
+    own_cached = sum(max(t["cached"] - SYSTEM_TOKENS, 0) for t in turns)
     return {
         "system": system,
         "requests": len(turns),
@@ -322,6 +337,7 @@ def conversation_figures(
         "per_member": hits,
         "spread": max(hits) / min(hits) if min(hits) else None,
         "warm_later_turns": warm / len(later) if later else None,
+        "own_share": own_cached / own if own > 0 else None,
         "counters": counters(stats) if stats else None,
     }
 
@@ -335,19 +351,19 @@ async def replay_ideal(sent: list[list[dict[str, Any]]]) -> float:
         for messages in sent:
             body = {"model": "bench", "messages": messages}
             headers = {"Authorization": f"Bearer {KEY}"}
-            async with session.post(f"{ideal.url}/chat/completions", json=body, headers=headers) as r:
+            async with session.post(
+                f"{ideal.url}/chat/completions", json=body, headers=headers
+            ) as r:
                 await r.read()
         return share([ideal])
 
 
 async def conversations_lb(sizes: Sizes, settings: dict[str, Any]) -> tuple[dict, list]:
     """lbprovider over three caching sims."""
-    async with SimServer(cache_behavior()) as a, SimServer(cache_behavior()) as b:
-        async with SimServer(cache_behavior()) as c:
-            sims = [a, b, c]
-            lb = lb_for([s.url for s in sims], settings)
-            sent, turns = await converse(sizes, lambda m: drain(lb, m))
-            return conversation_figures("", sims, turns, lb.stats()), sent
+    async with three_sims(cache_behavior(), cache_behavior(), cache_behavior()) as sims:
+        lb = lb_for([s.url for s in sims], settings)
+        sent, turns = await converse(sizes, lambda m: drain(lb, m))
+        return conversation_figures("", sims, turns, lb.stats()), sent
 
 
 def litellm_router(urls: Sequence[str], **kwargs: Any) -> Any:
@@ -369,35 +385,31 @@ def litellm_router(urls: Sequence[str], **kwargs: Any) -> Any:
 
 async def conversations_router(sizes: Sizes) -> dict[str, Any]:
     """litellm Router with its prompt-caching pre-call check (``prompt_caching``)."""
-    async with SimServer(cache_behavior()) as a, SimServer(cache_behavior()) as b:
-        async with SimServer(cache_behavior()) as c:
-            sims = [a, b, c]
-            router = litellm_router(
-                [s.url for s in sims], optional_pre_call_checks=["prompt_caching"]
+    async with three_sims(cache_behavior(), cache_behavior(), cache_behavior()) as sims:
+        router = litellm_router([s.url for s in sims], optional_pre_call_checks=["prompt_caching"])
+
+        async def send(messages: list[dict[str, Any]]) -> dict[str, Any]:
+            response = await router.acompletion(
+                model="bench",
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
             )
+            text, prompt, cached = [], 0, 0
+            async for chunk in response:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text.append(chunk.choices[0].delta.content)
+                usage = getattr(chunk, "usage", None)
+                if usage:
+                    prompt = usage.prompt_tokens
+                    details = getattr(usage, "prompt_tokens_details", None)
+                    cached = getattr(details, "cached_tokens", 0) or 0
+            return {"text": "".join(text), "prompt": prompt, "cached": cached}
 
-            async def send(messages: list[dict[str, Any]]) -> dict[str, Any]:
-                response = await router.acompletion(
-                    model="bench",
-                    messages=messages,
-                    stream=True,
-                    stream_options={"include_usage": True},
-                )
-                text, prompt, cached = [], 0, 0
-                async for chunk in response:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        text.append(chunk.choices[0].delta.content)
-                    usage = getattr(chunk, "usage", None)
-                    if usage:
-                        prompt = usage.prompt_tokens
-                        details = getattr(usage, "prompt_tokens_details", None)
-                        cached = getattr(details, "cached_tokens", 0) or 0
-                return {"text": "".join(text), "prompt": prompt, "cached": cached}
-
-            _, turns = await converse(sizes, send)
-            # Its success callbacks (which record the pins) run as tasks: let them end.
-            await asyncio.sleep(0.2)
-            return conversation_figures("litellm Router (prompt_caching)", sims, turns, None)
+        _, turns = await converse(sizes, send)
+        # Its success callbacks (which record the pins) run as tasks: let them end.
+        await asyncio.sleep(0.2)
+        return conversation_figures("litellm Router (prompt_caching)", sims, turns, None)
 
 
 async def scenario_conversations(sizes: Sizes) -> dict[str, Any]:
@@ -424,46 +436,44 @@ async def rate_limit_run(sizes: Sizes, settings: dict[str, Any]) -> dict[str, An
     """Open-loop arrivals at 3 x 40 RPM on the compressed clock; m0 limited to 20 RPM."""
     clock = ScaledClock(sizes.rate_scale)
     limited = Behavior.parse(f"{HEALTHY},rpm_limit={RPM_LIMIT}")
-    async with SimServer(limited, clock=clock.now) as a, SimServer(HEALTHY, clock=clock.now) as b:
-        async with SimServer(HEALTHY, clock=clock.now) as c:
-            sims = [a, b, c]
-            lb = lb_for(
-                [s.url for s in sims],
-                {
-                    "circuit_breaker_enabled": True,
-                    "circuit_breaker_failure_threshold": 3,
-                    "circuit_breaker_recovery_timeout_ms": 30_000,
-                    "failover_retry_count": 2,
-                    **settings,
-                },
-                clock,
-            )
-            interval = 60.0 / (OFFERED_RPM_PER_MEMBER * len(sims))
-            count = int(sizes.rate_seconds / interval)
-            latencies: list[float] = []
-            errors: dict[str, int] = {}
-            messages = [{"role": "user", "content": "Write a short answer."}]
+    async with three_sims(limited, HEALTHY, HEALTHY, clock=clock.now) as sims:
+        lb = lb_for(
+            [s.url for s in sims],
+            {
+                "circuit_breaker_enabled": True,
+                "circuit_breaker_failure_threshold": 3,
+                "circuit_breaker_recovery_timeout_ms": 30_000,
+                "failover_retry_count": 2,
+                **settings,
+            },
+            clock,
+        )
+        interval = 60.0 / (OFFERED_RPM_PER_MEMBER * len(sims))
+        count = int(sizes.rate_seconds / interval)
+        latencies: list[float] = []
+        errors: dict[str, int] = {}
+        messages = [{"role": "user", "content": "Write a short answer."}]
 
-            async def one(i: int) -> None:
-                await clock.sleep_until(i * interval)
-                try:
-                    answer = await drain(lb, messages)
-                except Exception as exc:  # a failed request is a result
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                    return
-                latencies.append(answer["latency"])
+        async def one(i: int) -> None:
+            await clock.sleep_until(i * interval)
+            try:
+                answer = await drain(lb, messages)
+            except Exception as exc:  # a failed request is a result
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                return
+            latencies.append(answer["latency"])
 
-            await asyncio.gather(*(one(i) for i in range(count)))
-            return {
-                "requests": count,
-                "success_rate": len(latencies) / count,
-                "errors": errors,
-                "limited_429s": a.limited,
-                "per_member": [s.hits for s in sims],
-                "p50_ms": ms(pct(latencies, 50)),
-                "p99_ms": ms(pct(latencies, 99)),
-                "counters": counters(lb.stats()),
-            }
+        await asyncio.gather(*(one(i) for i in range(count)))
+        return {
+            "requests": count,
+            "success_rate": len(latencies) / count,
+            "errors": errors,
+            "limited_429s": sims[0].limited,
+            "per_member": [s.hits for s in sims],
+            "p50_ms": ms(pct(latencies, 50)),
+            "p99_ms": ms(pct(latencies, 99)),
+            "counters": counters(lb.stats()),
+        }
 
 
 async def scenario_rate_limit(sizes: Sizes) -> dict[str, Any]:
@@ -484,8 +494,7 @@ async def scenario_rate_limit(sizes: Sizes) -> dict[str, Any]:
 async def stall_run(sizes: Sizes, settings: dict[str, Any], stalled: bool) -> dict[str, Any]:
     """``stall_requests`` streamed requests, 4 at a time; m0 stalls when ``stalled``."""
     first = f"stall_first_chunk=30,{HEALTHY}" if stalled else HEALTHY
-    async with SimServer(first) as a, SimServer(HEALTHY) as b, SimServer(HEALTHY) as c:
-        sims = [a, b, c]
+    async with three_sims(first, HEALTHY, HEALTHY) as sims:
         lb = lb_for(
             [s.url for s in sims],
             {
@@ -555,62 +564,60 @@ async def recovery_run(sizes: Sizes, settings: dict[str, Any]) -> dict[str, Any]
     """A full outage on the compressed clock, a request each second, then the return."""
     clock = ScaledClock(sizes.recovery_scale)
     down = Behavior(status=503)
-    async with SimServer(down, clock=clock.now) as a, SimServer(down, clock=clock.now) as b:
-        async with SimServer(down, clock=clock.now) as c:
-            sims = [a, b, c]
-            lb = lb_for(
-                [s.url for s in sims],
-                {
-                    "circuit_breaker_enabled": True,
-                    "circuit_breaker_failure_threshold": 2,
-                    "circuit_breaker_recovery_timeout_ms": RECOVERY_MS,
-                    "circuit_breaker_max_recovery_timeout_ms": MAX_RECOVERY_MS,
-                    "failover_retry_count": 3,
-                    **settings,
-                },
-                clock,
-            )
-            messages = [{"role": "user", "content": "Write a short answer."}]
+    async with three_sims(down, down, down, clock=clock.now) as sims:
+        lb = lb_for(
+            [s.url for s in sims],
+            {
+                "circuit_breaker_enabled": True,
+                "circuit_breaker_failure_threshold": 2,
+                "circuit_breaker_recovery_timeout_ms": RECOVERY_MS,
+                "circuit_breaker_max_recovery_timeout_ms": MAX_RECOVERY_MS,
+                "failover_retry_count": 3,
+                **settings,
+            },
+            clock,
+        )
+        messages = [{"role": "user", "content": "Write a short answer."}]
 
-            async def attempt() -> bool:
-                try:
-                    await drain(lb, messages)
-                except Exception:  # during the outage every request fails
-                    return False
-                return True
+        async def attempt() -> bool:
+            try:
+                await drain(lb, messages)
+            except Exception:  # during the outage every request fails
+                return False
+            return True
 
-            tick = 0
-            while clock.elapsed() < sizes.down_seconds:
-                await attempt()
-                tick += 1
-                await clock.sleep_until(tick * 1.0)
-            for s in sims:
-                s.behavior = Behavior.parse("chunks=2")
-            back = clock.elapsed()
-            breakers = lb.stats()["circuitBreakerStates"]
-            waits = [  # recoveryAt is epoch milliseconds
-                st["recoveryAt"] / 1000 - clock.now()
-                for st in breakers.values()
-                if st.get("recoveryAt")
-            ]
-            served_after, tries = None, 0
-            # Bounded: one request every quarter second for twice the longest recovery.
-            while clock.elapsed() - back < 2 * MAX_RECOVERY_MS / 1000:
-                tries += 1
-                sent_at = clock.elapsed() - back
-                if await attempt():
-                    served_after = sent_at
-                    break
-                await clock.sleep_until(back + tries * 0.25)
-            return {
-                "down_s": sizes.down_seconds,
-                "requests_during_outage": tick,
-                "first_served_after_s": served_after,
-                "requests_until_served": tries,
-                "recovery_left_at_return_s": max(waits) if waits else None,
-                "first_recovery_at_return_s": min(waits) if waits else None,
-                "counters": counters(lb.stats()),
-            }
+        tick = 0
+        while clock.elapsed() < sizes.down_seconds:
+            await attempt()
+            tick += 1
+            await clock.sleep_until(tick * 1.0)
+        for s in sims:
+            s.behavior = Behavior.parse("chunks=2")
+        back = clock.elapsed()
+        breakers = lb.stats()["circuitBreakerStates"]
+        waits = [  # recoveryAt is epoch milliseconds
+            st["recoveryAt"] / 1000 - clock.now()
+            for st in breakers.values()
+            if st.get("recoveryAt")
+        ]
+        served_after, tries = None, 0
+        # Bounded: one request every quarter second for twice the longest recovery.
+        while clock.elapsed() - back < 2 * MAX_RECOVERY_MS / 1000:
+            tries += 1
+            sent_at = clock.elapsed() - back
+            if await attempt():
+                served_after = sent_at
+                break
+            await clock.sleep_until(back + tries * 0.25)
+        return {
+            "down_s": sizes.down_seconds,
+            "requests_during_outage": tick,
+            "first_served_after_s": served_after,
+            "requests_until_served": tries,
+            "recovery_left_at_return_s": max(waits) if waits else None,
+            "first_recovery_at_return_s": min(waits) if waits else None,
+            "counters": counters(lb.stats()),
+        }
 
 
 async def scenario_recovery(sizes: Sizes) -> dict[str, Any]:
@@ -648,114 +655,262 @@ def targets(results: dict[str, Any]) -> list[Target]:
     ideal = conv["ideal_share"]
     if with_ and without:
         ratio = with_["cached_share"] / ideal
-        out.append(("conversations: cached share with affinity ÷ ideal", ratio, "≥ 0.85", ratio >= 0.85))
+        out.append(
+            ("conversations: cached share with affinity ÷ ideal", ratio, "≥ 0.85", ratio >= 0.85)
+        )
         ratio = with_["cached_share"] / without["cached_share"]
-        out.append(("conversations: cached share with ÷ without affinity", ratio, "≥ 2×", ratio >= 2))
+        out.append(
+            ("conversations: cached share with ÷ without affinity", ratio, "≥ 2×", ratio >= 2)
+        )
         spread = with_["spread"]
-        out.append(("conversations: spread max ÷ min with affinity", spread, "≤ 1.5", spread is not None and spread <= 1.5))
+        out.append(
+            (
+                "conversations: spread max ÷ min with affinity",
+                spread,
+                "≤ 1.5",
+                spread is not None and spread <= 1.5,
+            )
+        )
     else:
-        out.append(("conversations: affinity targets", None, "≥ 0.85 ideal, ≥ 2× without, spread ≤ 1.5", None))
+        out.append(
+            (
+                "conversations: affinity targets",
+                None,
+                "≥ 0.85 ideal, ≥ 2× without, spread ≤ 1.5",
+                None,
+            )
+        )
     rate = results["rate_limit"]
     without, with_ = _run(rate, "lbprovider without"), _run(rate, "lbprovider with ")
     if with_ and without:
-        out.append(("rate limit: 429s at the limited member with headroom", float(with_["limited_429s"]), f"0 (vs {without['limited_429s']} without)", with_["limited_429s"] == 0))
-        out.append(("rate limit: success with headroom", with_["success_rate"], "1", with_["success_rate"] == 1))
+        out.append(
+            (
+                "rate limit: 429s at the limited member with headroom",
+                float(with_["limited_429s"]),
+                f"0 (vs {without['limited_429s']} without)",
+                with_["limited_429s"] == 0,
+            )
+        )
+        out.append(
+            (
+                "rate limit: success with headroom",
+                with_["success_rate"],
+                "1",
+                with_["success_rate"] == 1,
+            )
+        )
         ratio = with_["p99_ms"] / without["p99_ms"]
         out.append(("rate limit: p99 with ÷ without headroom", ratio, "≤ 1×", ratio <= 1))
     else:
-        out.append(("rate limit: headroom targets", None, "0 429s, 100 % success, p99 not worse", None))
+        out.append(
+            ("rate limit: headroom targets", None, "0 429s, 100 % success, p99 not worse", None)
+        )
     stall = results["stall"]
     healthy, with_ = _run(stall, "lbprovider, 3 healthy"), _run(stall, "lbprovider with ")
     if with_ and healthy:
         bound = HEDGE_AFTER_MS + 1.5 * healthy["ttfc_p99_ms"]
         ratio = with_["ttfc_p99_ms"] / bound
-        out.append(("stall: TTFC p99 with hedging ÷ (hedge_after_ms + 1.5 × healthy p99)", ratio, "≤ 1×", ratio <= 1))
+        out.append(
+            (
+                "stall: TTFC p99 with hedging ÷ (hedge_after_ms + 1.5 × healthy p99)",
+                ratio,
+                "≤ 1×",
+                ratio <= 1,
+            )
+        )
         budget = stall["budget"]
-        out.append(("stall: extra backend hits with hedging", float(with_["extra_hits"]), f"≤ {budget} (the budget)", with_["extra_hits"] <= budget))
+        out.append(
+            (
+                "stall: extra backend hits with hedging",
+                float(with_["extra_hits"]),
+                f"≤ {budget} (the budget)",
+                with_["extra_hits"] <= budget,
+            )
+        )
     else:
-        out.append(("stall: hedging targets", None, "TTFC p99 ≤ hedge_after_ms + 1.5 × healthy; extra hits ≤ budget", None))
+        out.append(
+            (
+                "stall: hedging targets",
+                None,
+                "TTFC p99 ≤ hedge_after_ms + 1.5 × healthy; extra hits ≤ budget",
+                None,
+            )
+        )
     rec = results["recovery"]
     without, with_ = _run(rec, "lbprovider without"), _run(rec, "lbprovider with ")
     if with_ and without:
         served = with_["requests_until_served"] == 1
-        out.append(("recovery: first request after the return served (panic probes)", float(with_["requests_until_served"]), "1 request", served))
+        out.append(
+            (
+                "recovery: first request after the return served (panic probes)",
+                float(with_["requests_until_served"]),
+                "1 request",
+                served,
+            )
+        )
     else:
-        out.append(("recovery: panic-probe target", None, "the first request after the return is served", None))
+        out.append(
+            (
+                "recovery: panic-probe target",
+                None,
+                "the first request after the return is served",
+                None,
+            )
+        )
     return out
+
+
+def row(*cells: Any) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def head(*names: str) -> list[str]:
+    """A markdown table's header and rule."""
+    return [row(*names), "|" + "---|" * len(names)]
+
+
+def skipped(r: dict[str, Any], feature: str, columns: int) -> str:
+    """The row of a "with" run that could not run yet."""
+    why = f"skipped: `{FEATURES[feature][0]}` not read by the engine on this branch yet"
+    return row(r["system"], why, *[""] * (columns - 2))
+
+
+def per_member(r: dict[str, Any]) -> str:
+    """Requests per member, m0 / m1 / m2."""
+    return " / ".join(map(str, r["per_member"]))
 
 
 def table(results: dict[str, Any]) -> list[str]:
     """Markdown tables, one per scenario."""
-    conv, rate, stall, rec = (results[k] for k in ("conversations", "rate_limit", "stall", "recovery"))
+    conv, rate, stall, rec = (
+        results[k] for k in ("conversations", "rate_limit", "stall", "recovery")
+    )
+    ideal = conv["ideal_share"]
     lines = [
         "### Conversations",
         "",
-        f"Ideal (one warm member that saw every request): cached share {conv['ideal_share']:.3f}.",
+        f"Ideal (one warm member that saw every request): cached share {ideal:.3f}.",
         "",
-        "| system | requests | cached share | ÷ ideal | later turns warm | requests per member | spread | affinity hits / misses |",
-        "|---|---|---|---|---|---|---|---|",
+        *head(
+            "system",
+            "requests",
+            "cached share",
+            "÷ ideal",
+            "later turns warm",
+            "share beyond the system prompt",
+            "requests per member",
+            "spread",
+            "affinity hits / misses",
+        ),
     ]
     for r in conv["runs"]:
         if r.get("skipped"):
-            lines.append(f"| {r['system']} | skipped: `{FEATURES['affinity'][0]}` not read by the engine on this branch yet | | | | | | |")
+            lines.append(skipped(r, "affinity", 9))
             continue
         c = r.get("counters") or {}
         lines.append(
-            f"| {r['system']} | {r['requests']} | {r['cached_share']:.3f} | "
-            f"{r['cached_share'] / conv['ideal_share']:.2f} | {_f((r['warm_later_turns'] or 0) * 100, 0, ' %')} | "
-            f"{' / '.join(map(str, r['per_member']))} | {_f(r['spread'], 2)} | "
-            f"{c.get('affinityHits', '-')} / {c.get('affinityMisses', '-')} |"
+            row(
+                r["system"],
+                r["requests"],
+                f"{r['cached_share']:.3f}",
+                f"{r['cached_share'] / ideal:.2f}",
+                _f((r["warm_later_turns"] or 0) * 100, 0, " %"),
+                _f(r.get("own_share"), 3),
+                per_member(r),
+                _f(r["spread"], 2),
+                f"{c.get('affinityHits', '-')} / {c.get('affinityMisses', '-')}",
+            )
         )
     lines += [
         "",
         "### Rate limit",
         "",
-        "| system | requests | success | 429s from m0 | requests per member | p50 / p99 ms | headroom skips (m0) |",
-        "|---|---|---|---|---|---|---|",
+        *head(
+            "system",
+            "requests",
+            "success",
+            "429s from m0",
+            "requests per member",
+            "p50 / p99 ms",
+            "headroom skips (m0)",
+        ),
     ]
     for r in rate["runs"]:
         if r.get("skipped"):
-            lines.append(f"| {r['system']} | skipped: `{FEATURES['headroom'][0]}` not read by the engine on this branch yet | | | | | |")
+            lines.append(skipped(r, "headroom", 7))
             continue
-        skips = (r["counters"]["members"].get("m0") or {}).get("headroomSkips", "-")
+        m0 = r["counters"]["members"].get("m0") or {}
         lines.append(
-            f"| {r['system']} | {r['requests']} | {r['success_rate'] * 100:.1f} % | {r['limited_429s']} | "
-            f"{' / '.join(map(str, r['per_member']))} | {_f(r['p50_ms'])} / {_f(r['p99_ms'])} | {skips} |"
+            row(
+                r["system"],
+                r["requests"],
+                f"{r['success_rate'] * 100:.1f} %",
+                r["limited_429s"],
+                per_member(r),
+                f"{_f(r['p50_ms'])} / {_f(r['p99_ms'])}",
+                m0.get("headroomSkips", "-"),
+            )
         )
+    requests = stall["runs"][0]["requests"]
     lines += [
         "",
         "### Stall",
         "",
-        f"Hedge budget for {stall['runs'][0]['requests']} requests in a minute: {stall['budget']}.",
+        f"Hedge budget for {requests} requests in a minute: {stall['budget']}.",
         "",
-        "| system | requests | success | TTFC p50 / p95 / p99 ms | backend hits (extra) | hedges / wins | wall s |",
-        "|---|---|---|---|---|---|---|",
+        *head(
+            "system",
+            "requests",
+            "success",
+            "TTFC p50 / p95 / p99 ms",
+            "backend hits (extra)",
+            "hedges / wins",
+            "wall s",
+        ),
     ]
     for r in stall["runs"]:
         if r.get("skipped"):
-            lines.append(f"| {r['system']} | skipped: `{FEATURES['hedging'][0]}` not read by the engine on this branch yet | | | | | |")
+            lines.append(skipped(r, "hedging", 7))
             continue
         c = r["counters"]
         lines.append(
-            f"| {r['system']} | {r['requests']} | {r['success_rate'] * 100:.1f} % | "
-            f"{_f(r['ttfc_p50_ms'])} / {_f(r['ttfc_p95_ms'])} / {_f(r['ttfc_p99_ms'])} | "
-            f"{r['backend_hits']} ({r['extra_hits']}) | {c.get('hedges', '-')} / {c.get('hedgeWins', '-')} | {r['wall_s']:.1f} |"
+            row(
+                r["system"],
+                r["requests"],
+                f"{r['success_rate'] * 100:.1f} %",
+                f"{_f(r['ttfc_p50_ms'])} / {_f(r['ttfc_p95_ms'])} / {_f(r['ttfc_p99_ms'])}",
+                f"{r['backend_hits']} ({r['extra_hits']})",
+                f"{c.get('hedges', '-')} / {c.get('hedgeWins', '-')}",
+                f"{r['wall_s']:.1f}",
+            )
         )
     lines += [
         "",
         "### Recovery",
         "",
-        "| system | outage s | served after the return, s | requests until served | breaker recovery left at the return: first / longest, s | panic probes |",
-        "|---|---|---|---|---|---|",
+        *head(
+            "system",
+            "outage s",
+            "first served request sent after the return, s",
+            "requests until served",
+            "breaker recovery left at the return: first / longest, s",
+            "panic probes",
+        ),
     ]
     for r in rec["runs"]:
         if r.get("skipped"):
-            lines.append(f"| {r['system']} | skipped: `{FEATURES['panic probes'][0]}` not read by the engine on this branch yet | | | | |")
+            lines.append(skipped(r, "panic probes", 6))
             continue
         lines.append(
-            f"| {r['system']} | {r['down_s']:.0f} | {_f(r['first_served_after_s'], 2)} | "
-            f"{r['requests_until_served']} | {_f(r['first_recovery_at_return_s'])} / {_f(r['recovery_left_at_return_s'])} | "
-            f"{r['counters'].get('panicProbes', '-')} |"
+            row(
+                r["system"],
+                f"{r['down_s']:.0f}",
+                _f(r["first_served_after_s"], 2),
+                r["requests_until_served"],
+                f"{_f(r['first_recovery_at_return_s'])} / {_f(r['recovery_left_at_return_s'])}",
+                r["counters"].get("panicProbes", "-"),
+            )
         )
     return lines
 
@@ -763,51 +918,55 @@ def table(results: dict[str, Any]) -> list[str]:
 def markdown(results: dict[str, Any]) -> list[str]:
     """The Routing section of docs/benchmarks.md."""
     meta = results["meta"]
-    sizes = meta["sizes"]
-    on = ", ".join(k for k, v in meta["available"].items() if v)
-    off = ", ".join(k for k, v in meta["available"].items() if not v)
+    z = meta["sizes"]
+    on = ", ".join(k for k, v in meta["available"].items() if v) or "none yet"
+    off = ", ".join(k for k, v in meta["available"].items() if not v) or "none"
+    checks = '`optional_pre_call_checks=["prompt_caching"]`'
     lines = [
         ROUTING_MARK,
         "",
         "## Routing: affinity, headroom, hedging, panic probes (without vs with)",
         "",
-        f"Generated by `{meta['command']}` ({meta['date']}, {meta['machine']}; the 2 cores are",
-        "shared with other sessions' test runs, so absolute figures move between runs — compare",
-        "the ratios within the run). Three `lbprovider.sim` backends in the measuring process on",
-        "127.0.0.1, one round-robin load balancer, `memory://` state. Each rule is measured off",
-        "and on with nothing else changed; a rule not yet on the branch measured has its \"with\"",
-        f"run skipped. Rules on the branch measured: {on or 'none yet'}; not yet: {off or 'none'}.",
+        f"Generated by `{meta['command']}` ({meta['date']}, {meta['machine']}; the 2 cores",
+        "are shared with other sessions' test runs, so absolute figures move between runs —",
+        "compare the ratios within the run). Three `lbprovider.sim` backends in the measuring",
+        "process on 127.0.0.1, one round-robin load balancer, `memory://` state. Each rule is",
+        "measured off and on with nothing else changed; a rule the engine on the branch does",
+        f'not read yet has its "with" run skipped. Measured: {on}; not yet: {off}.',
         "",
-        f"- **conversations**: {sizes['conversations']} conversations × {sizes['turns']} turns, "
-        f"{CONVERSATION_CONCURRENCY} turns in flight; one shared",
-        f"  {SYSTEM_TOKENS}-token system prompt, {USER_TOKENS}-token user turns (a distinct task first), "
-        f"{ANSWER_TOKENS}-token answers;",
-        "  each turn resends the history. Sims `cache_ttl=300` (a prefix at a message boundary",
-        "  seen in 5 min is cached; ≥ 1024 tokens). *Cached share* = Σ cached ÷ Σ prompt tokens",
-        "  from the sims' counters; *ideal* = the same requests replayed in order to one fresh sim;",
-        "  *later turns warm* = turns after the first whose cached tokens cover the previous turn's",
-        "  whole prompt. litellm Router: simple-shuffle with `optional_pre_call_checks=[\"prompt_caching\"]`.",
-        f"- **rate limit**: m0 has `rpm_limit={RPM_LIMIT}`; round-robin offers each member "
-        f"{OFFERED_RPM_PER_MEMBER} RPM ({OFFERED_RPM_PER_MEMBER * 3} in all, open loop)",
-        f"  for {sizes['rate_seconds']:.0f} s on a clock {sizes['rate_scale']:g}× real time (sims and engine read it);",
-        "  breakers on (3 failures, 30 s), `failover_retry_count` 2. Latencies are real ms.",
-        f"- **stall**: m0 `stall_first_chunk=30`, `timeout_ms` {STALL_TIMEOUT_MS}, breakers on (3, 30 s); "
-        f"{sizes['stall_requests']} requests, {STALL_CONCURRENCY} at a time;",
-        f"  hedging = `hedge_after_ms` {HEDGE_AFTER_MS}, `hedge_budget_percent` {HEDGE_BUDGET_PERCENT}. "
-        "Extra hits = backend hits − requests.",
-        f"- **recovery**: all three answer 503 for {sizes['down_seconds']:.0f} s (a request each second), then",
-        f"  all come back; breakers 2 failures, recovery {RECOVERY_MS} ms doubling to {MAX_RECOVERY_MS} ms; clock",
-        f"  {sizes['recovery_scale']:g}× real time; after the return a request every 0.25 s until one is served.",
+        f"- **conversations**: {z['conversations']} conversations × {z['turns']} turns, "
+        f"{CONVERSATION_CONCURRENCY} turns in flight;",
+        f"  one shared {SYSTEM_TOKENS}-token system prompt, {USER_TOKENS}-token user turns",
+        f"  (a distinct task first), {ANSWER_TOKENS}-token answers; each turn resends the",
+        "  history, with Claude Code's `cache_control` breakpoints (system prompt and newest",
+        "  message). Sims `cache_ttl=300`: a prefix at a message boundary seen in the last",
+        "  5 min (≥ 1024 tokens) is cached. *Cached share* = Σ cached ÷ Σ prompt tokens from",
+        "  the sims' counters; *ideal* = the same requests replayed in order to one fresh sim;",
+        "  *later turns warm* = turns after the first whose cached tokens cover the previous",
+        f"  turn's whole prompt. litellm Router: simple-shuffle with {checks}.",
+        f"- **rate limit**: m0 has `rpm_limit={RPM_LIMIT}`; round-robin offers each member",
+        f"  {OFFERED_RPM_PER_MEMBER} RPM ({OFFERED_RPM_PER_MEMBER * 3} in all, open loop) for "
+        f"{z['rate_seconds']:.0f} s on a clock {z['rate_scale']:g}× real time",
+        "  (sims and engine read it); breakers on (3 failures, 30 s), `failover_retry_count` 2.",
+        "  Latencies are real ms.",
+        f"- **stall**: m0 `stall_first_chunk=30`, `timeout_ms` {STALL_TIMEOUT_MS}, breakers on",
+        f"  (3, 30 s); {z['stall_requests']} requests, {STALL_CONCURRENCY} at a time; hedging = "
+        f"`hedge_after_ms` {HEDGE_AFTER_MS},",
+        f"  `hedge_budget_percent` {HEDGE_BUDGET_PERCENT}. Extra hits = backend hits − requests.",
+        f"- **recovery**: all three answer 503 for {z['down_seconds']:.0f} s (a request each "
+        "second), then all",
+        f"  come back; breakers 2 failures, recovery {RECOVERY_MS} ms doubling to "
+        f"{MAX_RECOVERY_MS} ms; clock {z['recovery_scale']:g}× real",
+        "  time; after the return a request every 0.25 s until one is served.",
         "",
         *table(results),
         "",
-        "| target | measured | wanted | |",
-        "|---|---|---|---|",
+        *head("target", "measured", "wanted", ""),
     ]
     for name, value, wanted, met in targets(results):
         shown = "-" if value is None else f"{value:.2f}" + ("×" if "×" in wanted else "")
         verdict = "not measured yet" if met is None else "met" if met else "missed"
-        lines.append(f"| {name} | {shown} | {wanted} | {verdict} |")
+        lines.append(row(name, shown, wanted, verdict))
     if NOTES.exists():
         lines += ["", NOTES.read_text().rstrip()]
     return [*lines, ""]
@@ -872,7 +1031,9 @@ def main() -> None:
         return
     sizes = TINY if args.tiny else QUICK if args.quick else FULL
     results = asyncio.run(run_all(sizes))
-    results["meta"]["command"] = FULL_COMMAND.replace(" --docs", " --quick --docs" if args.quick else " --docs")
+    results["meta"]["command"] = FULL_COMMAND.replace(
+        " --docs", " --quick --docs" if args.quick else " --docs"
+    )
     print_summary(results)
     if args.tiny:
         return
