@@ -30,7 +30,7 @@ text.  Messages never contain a key: callers pass redacted values only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -162,6 +162,7 @@ class FailureFields(TypedDict):
     code: str | None
     network: bool
     timeout: bool
+    limits: Mapping[str, str] | None
 
 
 class AttemptError(LBError):
@@ -186,6 +187,7 @@ class AttemptError(LBError):
         code: str | None = None,
         network: bool = False,
         timeout: bool = False,
+        limits: Mapping[str, str] | None = None,
         retryable: bool | None = None,
     ) -> None:
         self.member = member
@@ -194,6 +196,8 @@ class AttemptError(LBError):
         self.code = code
         self.network = network
         self.timeout = timeout
+        # The answer's rate-limit headers, when it came with some (SPEC §3.6).
+        self.limits = limits
         super().__init__(message, retryable=retryable)
 
     def failure_fields(self) -> FailureFields:
@@ -205,6 +209,7 @@ class AttemptError(LBError):
             "code": self.code,
             "network": self.network,
             "timeout": self.timeout,
+            "limits": self.limits,
         }
 
 
@@ -249,6 +254,7 @@ class BackendError(AttemptError):
         code: str | None = None,
         timeout: bool = False,
         interrupted: bool = False,
+        limits: Mapping[str, str] | None = None,
     ) -> None:
         self.kind = kind
         self.interrupted = interrupted
@@ -260,6 +266,7 @@ class BackendError(AttemptError):
             code=code,
             network=network,
             timeout=timeout,
+            limits=limits,
             retryable=kind is FailureKind.RETRYABLE,
         )
 

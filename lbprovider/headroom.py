@@ -32,6 +32,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_LIFETIME",
     "RateLimit",
+    "limit_headers",
     "merge",
     "parse_duration",
     "parse_rate_limit",
@@ -235,3 +236,13 @@ def to_report(rec: RateLimit | None, now: float) -> dict[str, Any] | None:
         "remainingTokens": live.remaining_tokens,
         "resetAt": round(min(resets) * 1000) if resets else None,
     }
+
+
+_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+
+
+def limit_headers(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """An answer's rate-limit headers (both dialects), names lowercased; None without
+    any.  Transports hand these to the engine, which reads them on its own clock."""
+    found = {k.lower(): v for k, v in headers.items() if k.lower().startswith(_PREFIXES)}
+    return found or None

@@ -276,6 +276,7 @@ def report(lb: Outline, ledger: Ledger, now: float) -> dict[str, Any]:
     keys: list[Key[Any]] = [lb_key(lb.name)]
     keys += [metrics_key(lb.name, n) for n in names]
     keys += [breaker_key(n) for n in names] + [tpm_key(n) for n in names]
+    keys += [headroom_key(n) for n in names]
     records = ledger.read(keys)
     return stats.build_stats(
         profile=lb.name,
@@ -286,6 +287,7 @@ def report(lb: Outline, ledger: Ledger, now: float) -> dict[str, Any]:
         metrics={n: records[metrics_key(lb.name, n)] for n in names},
         breakers={n: records[breaker_key(n)] for n in names},
         tpm={n: records[tpm_key(n)] for n in names},
+        rate_limits={n: records[headroom_key(n)] for n in names},
         now=now,
         window_s=lb.failure_window_ms / 1000,
     )

@@ -14,18 +14,26 @@ that raises never fails a request: its first error is logged, the rest ignored.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lbprovider import breaker as brk
-from lbprovider import policies, stats, window
+from lbprovider import headroom, policies, stats, window
 from lbprovider.affinity import AffinityRecord
 from lbprovider.clock import Clock
 from lbprovider.config import LoadBalancerConfig, Member, Policy
 from lbprovider.errors import BackendError
 from lbprovider.events import Event, EventHook, EventKind
-from lbprovider.ledger import Key, Ledger, breaker_key, lb_key, metrics_key, tpm_key
+from lbprovider.ledger import (
+    Key,
+    Ledger,
+    breaker_key,
+    headroom_key,
+    lb_key,
+    metrics_key,
+    tpm_key,
+)
 from lbprovider.selection import state_changes
 from lbprovider.transport import Usage
 
@@ -114,8 +122,10 @@ class Recorder:
     # -- outcomes --------------------------------------------------------------------------
 
     async def skipped(self, member: Member, outcome: str) -> None:
-        """The member was not tried (breaker open, probe in flight, bench, TPM rule)."""
-        await self._apply(member, metrics_step=stats.record_skip)
+        """The member was not tried (breaker open, probe in flight, bench, TPM or headroom
+        rule)."""
+        room = outcome == "headroom"
+        await self._apply(member, metrics_step=lambda m: stats.record_skip(m, headroom=room))
         self.emit(EventKind.SKIP, member.name, outcome)
 
     async def attempt_cancelled(self, member: Member, number: int) -> None:
@@ -176,6 +186,16 @@ class Recorder:
         self.emit(
             EventKind.FAILOVER, member.name, err.kind.value, status=err.status, detail=err.message
         )
+
+    def headroom(self, member: Member, headers: Mapping[str, str]) -> None:
+        """What an answer's rate-limit headers say, kept per member (SPEC §3.6); an answer
+        without them leaves the last values, which lapse at their resets."""
+        now = self.clock.now()
+        said = headroom.parse_rate_limit(headers, now)
+        if said is not None:
+            self.ledger.post(
+                {headroom_key(member.name): lambda old: headroom.merge(old, said, now)}
+            )
 
     def affinity(self, *, hit: bool) -> None:
         """A request with a known conversation: its member came first (a hit), or could

@@ -85,6 +85,7 @@ class Request:
     # Its conversation (SPEC §3.5), and the member that conversation names, if any.
     affinity: Affinity | None = None
     affine: int | None = None
+    prompt_tokens: int = 0  # estimated, for the headroom rule (SPEC §3.6)
 
 
 @dataclass
@@ -160,6 +161,7 @@ class Router:
             messages, params, trace, start=start, known=known, streaming=streaming, wire=wire
         )
         req.affinity = chat
+        req.prompt_tokens = window.estimate_tokens(messages, "")
         if key is not None and key in known:
             record: AffinityRecord = known[key]
             req.affine = chat.member_index(record, self.config, self.clock.now()) if chat else None
@@ -209,7 +211,10 @@ class Router:
     async def _admit(self, req: Request, cand: Candidate, member: Member, plan: Plan) -> bool:
         """Ask the member's breaker (and the TPM rule) once per request; False: skipped."""
         admitted = await self.selection.admit(
-            member, tpm=not (cand.deferred or cand.failback), known=req.known
+            member,
+            tpm=not (cand.deferred or cand.failback),
+            known=req.known,
+            prompt_tokens=req.prompt_tokens,
         )
         self.recorder.emit_changes(member.name, admitted.changes)
         if req.affine is not None and cand.index == req.affine and not cand.deferred:
@@ -219,7 +224,7 @@ class Router:
             req.affine = None
         if admitted.skipped:
             await self._skip(req, member, admitted)
-            if admitted.tpm_skip:
+            if admitted.deferred and not cand.deferred:  # tried last, once
                 plan.defer(cand)
             if cand.failback:
                 await self.selection.unclaim_failback(req.start)
@@ -232,7 +237,8 @@ class Router:
 
     async def _skip(self, req: Request, member: Member, admitted: Admitted) -> None:
         reason, until = admitted.skip_reason(self.breaker_policy)
-        await self.recorder.skipped(member, "tpm" if admitted.tpm_skip else reason)
+        outcome = "tpm" if admitted.tpm_skip else "headroom" if admitted.headroom_skip else reason
+        await self.recorder.skipped(member, outcome)
         text = f"skipped: {reason}"
         if until is not None:
             text += f" until {_clock_text(until)}"
@@ -267,6 +273,8 @@ class Router:
             with contextlib.suppress(StopAsyncIteration):  # an empty answer is still one
                 first = await anext(stream)
             first_ms = (self.clock.monotonic() - started) * 1000
+            if first is not None and first.limits:
+                self.recorder.headroom(member, first.limits)
             buffered = None if req.streaming else await self._read_whole(first, stream, member)
         except asyncio.CancelledError:
             await stream.aclose()
@@ -275,6 +283,8 @@ class Router:
         except Exception as exc:
             await stream.aclose()
             err = self._classify(exc, member, interrupted=first is not None)
+            if err.limits:
+                self.recorder.headroom(member, err.limits)
             latency = (self.clock.monotonic() - started) * 1000
             timed_out = isinstance(err, FirstChunkTimeoutError)
             await self.recorder.attempt_failed(member, number, err, latency, timed_out=timed_out)

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lbprovider import breaker as brk
-from lbprovider import policies, window
+from lbprovider import headroom, policies, window
 from lbprovider.clock import Clock
 from lbprovider.config import LoadBalancerConfig, Member, Policy
 from lbprovider.errors import BackendError
-from lbprovider.ledger import Change, Key, Ledger, breaker_key, lb_key, tpm_key
+from lbprovider.ledger import Change, Key, Ledger, breaker_key, headroom_key, lb_key, tpm_key
 from lbprovider.retry import RetryPolicy
 
 __all__ = ["Admitted", "Candidate", "Known", "Plan", "Selection", "keep_probe", "state_changes"]
@@ -153,19 +153,27 @@ class Admitted:
     admission: brk.Admission
     record: brk.BreakerRecord
     tpm_skip: bool = False
+    headroom_skip: bool = False  # it said it has no requests or tokens left (SPEC §3.6)
     probe_id: str | None = None
     changes: list[str] = field(default_factory=list)
 
     @property
     def skipped(self) -> bool:
-        """Not to be tried now (breaker or TPM rule)."""
-        return self.admission is brk.Admission.SKIP or self.tpm_skip
+        """Not to be tried now (breaker, TPM or headroom rule)."""
+        return self.admission is brk.Admission.SKIP or self.tpm_skip or self.headroom_skip
+
+    @property
+    def deferred(self) -> bool:
+        """Skipped by a rule that never leaves a request with no candidate: tried last."""
+        return self.admission is not brk.Admission.SKIP and (self.tpm_skip or self.headroom_skip)
 
     def skip_reason(self, policy: brk.BreakerPolicy) -> tuple[str, float | None]:
         """Why, for the exhausted-everything message, and until when (epoch seconds)."""
         rec = self.record
         if self.tpm_skip:
             return "tpm below threshold", None
+        if self.headroom_skip:
+            return "no rate-limit headroom", None
         if rec.manual:
             return "benched", rec.recovery_at
         if rec.state is brk.BreakerState.HALF_OPEN:
@@ -225,10 +233,13 @@ class Selection:
         return decided.decision, decided.known
 
     def _admission_keys(self, names: list[str], *, tpm: bool = True) -> list[Key[Any]]:
-        """The records the admissions of the members ``names`` read."""
+        """The records the admissions of the members ``names`` read: breaker, and TPM and
+        headroom when those rules apply."""
         keys: list[Key[Any]] = [breaker_key(n) for n in names]
         if tpm and self.config.settings.tpm_threshold:
             keys += [tpm_key(n) for n in names]
+        if tpm and self.config.settings.headroom_enabled:
+            keys += [headroom_key(n) for n in names]
         return keys
 
     async def unclaim_failback(self, start: policies.Start) -> None:
@@ -243,11 +254,18 @@ class Selection:
         return Plan(self.config.policy, len(self.config.members), start, self.retry, first)
 
     async def admit(
-        self, member: Member, *, tpm: bool = True, known: Known | None = None
+        self,
+        member: Member,
+        *,
+        tpm: bool = True,
+        known: Known | None = None,
+        prompt_tokens: int = 0,
     ) -> Admitted:
         """May ``member`` be tried? Its breaker (taking the half-open probe is part of the
-        same atomic update) and, when ``tpm``, the TPM rule (never for a probe).
-        ``known``: records read moments ago (at the request's start), used if complete."""
+        same atomic update) and, when ``tpm``, the TPM and headroom rules (never for a
+        probe or a deferred attempt; ``prompt_tokens``: the request's estimate, for
+        headroom).  ``known``: records read moments ago (at the request's start), used if
+        complete."""
         threshold = self.config.settings.tpm_threshold if tpm else None
         keys = self._admission_keys([member.name], tpm=tpm)
         if known is not None and all(k in known for k in keys):
@@ -260,8 +278,11 @@ class Selection:
         else:
             admitted = await self._admit_not_closed(member)
         if admitted.admission is brk.Admission.ALLOW and threshold:
-            tpm_now = window.current_tpm(records[keys[1]], self.clock.now())
+            tpm_now = window.current_tpm(records[tpm_key(member.name)], self.clock.now())
             admitted.tpm_skip = window.should_skip(tpm_now, threshold)
+        limits = headroom_key(member.name)
+        if admitted.admission is brk.Admission.ALLOW and limits in keys:
+            admitted.headroom_skip = headroom.skip(records[limits], self.clock.now(), prompt_tokens)
         return admitted
 
     async def _admit_not_closed(self, member: Member) -> Admitted:

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from lbprovider import headroom
 from lbprovider.breaker import BreakerRecord
+from lbprovider.headroom import RateLimit
 from lbprovider.policies import LBRecord
 from lbprovider.window import Buckets, current_tpm
 
@@ -207,9 +209,10 @@ def record_attempt(
     )
 
 
-def record_skip(m: MemberMetrics) -> MemberMetrics:
-    """Count one skip (breaker open, probe in flight, TPM, bench)."""
-    return replace(m, skips=m.skips + 1)
+def record_skip(m: MemberMetrics, *, headroom: bool = False) -> MemberMetrics:
+    """Count one skip (breaker open, probe in flight, TPM, bench; ``headroom``: no
+    rate-limit headroom left, also counted in ``headroomSkips``)."""
+    return replace(m, skips=m.skips + 1, headroom_skips=m.headroom_skips + headroom)
 
 
 def _ms(t: float | None) -> int | None:
@@ -228,6 +231,7 @@ def build_stats(
     tpm: Mapping[str, Buckets],
     now: float,
     window_s: float,
+    rate_limits: Mapping[str, RateLimit | None] | None = None,
 ) -> dict[str, Any]:
     """The ``stats --json`` object (times are epoch milliseconds)."""
     backend: dict[str, Any] = {}
@@ -259,6 +263,10 @@ def build_stats(
             "lastErrorAt": _ms(m.last_error_at),
             "recent60s": {"requests": recent_requests, "failures": recent_failures},
         }
+        # SPEC §3.6: what the member last said of its rate limits, while it holds.
+        said = headroom.to_report((rate_limits or {}).get(name), now)
+        if said is not None:
+            backend[name]["rateLimit"] = said
         b = breakers.get(name, BreakerRecord())
         states[name] = {
             "state": b.effective_state(now).value,

@@ -455,7 +455,8 @@ def test_interrupted_stream_ends_with_response_failed() -> None:
     [
         (ErrorKind.INVALID_REQUEST, "invalid_request_error", None),
         (ErrorKind.AUTHENTICATION, "authentication_error", "invalid_api_key"),
-        (ErrorKind.NOT_FOUND, "not_found_error", "model_not_found"),
+        (ErrorKind.NOT_FOUND, "not_found_error", None),
+        (ErrorKind.UNKNOWN_MODEL, "not_found_error", "model_not_found"),
         (ErrorKind.RATE_LIMIT, "rate_limit_error", "rate_limit_exceeded"),
         (ErrorKind.OVERLOADED, "server_error", "service_unavailable"),
     ],

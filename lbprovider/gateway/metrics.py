@@ -108,6 +108,12 @@ class GatewayMetrics:
                 )
         elif event.kind is EventKind.FAILOVER:
             self.failovers.labels(event.profile).inc()
+        elif event.kind is EventKind.SKIP and event.outcome == "headroom":
+            self.headroom_skips.labels(event.member or "").inc()
+        elif event.kind is EventKind.AFFINITY:
+            self.affinity.labels(event.profile, event.outcome).inc()
+        elif event.kind is EventKind.HEDGE:
+            self.hedges.labels(event.profile, event.outcome).inc()
 
     def served(self, member: str, usage: Usage | None) -> None:
         """Count the tokens of one served answer."""

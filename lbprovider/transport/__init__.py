@@ -148,6 +148,9 @@ class Chunk:
     thinking: str = ""
     signature: str = ""
     wire: tuple[dict[str, Any], ...] = ()
+    # The answer's rate-limit headers (SPEC §3.6), on its first chunk: the engine keeps
+    # what they say per member and routes around a member with no headroom left.
+    limits: Mapping[str, str] | None = None
 
     @property
     def is_content(self) -> bool:

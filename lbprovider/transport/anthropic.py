@@ -35,6 +35,7 @@ import aiohttp
 
 from lbprovider.config import Member
 from lbprovider.errors import TransportError
+from lbprovider.headroom import limit_headers
 from lbprovider.redaction import is_secret_name, scrub
 from lbprovider.transport import (
     Api,
@@ -573,17 +574,29 @@ class AnthropicTransport:
         except (aiohttp.ClientError, OSError) as exc:
             raise network_error(exc, member, url, connecting=True) from exc
         done = False
+        limits = limit_headers(response.headers)
+
+        def mark(chunk: Chunk) -> Chunk:
+            # The answer's rate-limit headers ride on its first chunk (SPEC §3.6).
+            nonlocal limits
+            if limits is None:
+                return chunk
+            chunk, limits = replace(chunk, limits=limits), None
+            return chunk
+
         try:
             if response.status >= 400:
-                raise await _http_error(response, member)
+                error = await _http_error(response, member)
+                error.limits = limits
+                raise error
             ctype = response.content_type
             if ctype == "text/event-stream":
                 async for chunk in _events(response, member, keep=keep, lead=lead):
-                    yield chunk
+                    yield mark(chunk)
             elif ctype == "application/json":
                 payload = await _json_body(response, member, url)
                 chunk = _whole_message(payload, member, lead)
-                yield replace(chunk, wire=(payload,)) if keep else chunk
+                yield mark(replace(chunk, wire=(payload,)) if keep else chunk)
             else:
                 raise TransportError(
                     f"{host_port(url)} answered {ctype}, not an event stream",

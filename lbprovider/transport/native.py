@@ -39,6 +39,7 @@ import aiohttp
 
 from lbprovider.config import Member
 from lbprovider.errors import TransportError
+from lbprovider.headroom import limit_headers
 from lbprovider.loops import PerLoop
 from lbprovider.redaction import scrub
 from lbprovider.transport import (
@@ -258,9 +259,21 @@ class NativeTransport:
         except (aiohttp.ClientError, OSError) as exc:
             raise network_error(exc, member, url, connecting=True) from exc
         done = False
+        limits = limit_headers(response.headers)
+
+        def mark(chunk: Chunk) -> Chunk:
+            # The answer's rate-limit headers ride on its first chunk (SPEC §3.6).
+            nonlocal limits
+            if limits is None:
+                return chunk
+            chunk, limits = replace(chunk, limits=limits), None
+            return chunk
+
         try:
             if response.status >= 400:
-                raise await _http_error(response, member)
+                error = await _http_error(response, member)
+                error.limits = limits
+                raise error
             if response.content_type == "application/json":
                 payload = await _json_body(response, member, url)
                 chunk = to_chunk(payload, member)
@@ -269,7 +282,7 @@ class NativeTransport:
                         f"{host_port(url)} answered with a body that is not a chat completion",
                         member,
                     )
-                yield replace(chunk, wire=(payload,)) if keep else chunk
+                yield mark(replace(chunk, wire=(payload,)) if keep else chunk)
             elif not _is_event_stream(response):
                 raise _no_answer(
                     f"{host_port(url)} answered {response.content_type}, not an event stream",
@@ -277,7 +290,7 @@ class NativeTransport:
                 )
             else:
                 async for chunk in _events(response, member, keep=keep):
-                    yield chunk
+                    yield mark(chunk)
             done = True
         except (aiohttp.ClientError, OSError) as exc:
             raise network_error(exc, member, url, connecting=False) from exc
