@@ -154,8 +154,8 @@ class ScaledClock:
 
 # The settings landed on main before the rules: a setting counts as implemented once a
 # module of the engine reads it.  selection.py's read of hedge_after_ms only counts the
-# hedge budget's requests, so it does not count.
-NOT_THE_RULE = {"settings.py", "selection.py"}
+# hedge budget's requests, so for hedging it does not count.
+NOT_THE_RULE = {"hedging": {"settings.py", "selection.py"}}
 
 
 def available(feature: str) -> bool:
@@ -167,7 +167,7 @@ def available(feature: str) -> bool:
     return any(
         f".{key}" in path.read_text()
         for path in package.rglob("*.py")
-        if path.name not in NOT_THE_RULE
+        if path.name not in NOT_THE_RULE.get(feature, {"settings.py"})
     )
 
 
