@@ -41,6 +41,7 @@ __all__ = [
     "on_failure",
     "on_release",
     "on_success",
+    "panic_probe",
     "renew_probe",
     "unbench",
 ]
@@ -160,6 +161,14 @@ def _probe(rec: BreakerRecord, now: float, probe_id: str) -> BreakerRecord:
         probe_until=now + PROBE_LEASE_S,
         probe_id=probe_id,
     )
+
+
+def panic_probe(rec: BreakerRecord, now: float, probe_id: str) -> tuple[bool, BreakerRecord]:
+    """Take a panic probe (SPEC §3.3): an open member (not benched) is probed before its
+    recovery time, held like a half-open probe; anything else is not taken."""
+    if rec.state is BreakerState.OPEN and not rec.manual:
+        return True, _probe(rec, now, probe_id)
+    return False, rec
 
 
 def admit(

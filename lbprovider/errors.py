@@ -339,6 +339,9 @@ class MemberFailure:
     retry_after: float | None = None  # seconds, when the backend said
 
 
+RETRY_AFTER_MAX_S = 30.0  # the longest Retry-After a caller is given (SPEC §3.3)
+
+
 class NoBackendAvailableError(LBError):
     """Nothing could serve the request. Lists every member with its reason.
 
@@ -372,6 +375,10 @@ class NoBackendAvailableError(LBError):
             self.retry_after = max(0.0, recovery_at - now)
         elif tried and all(f.retry_after is not None for f in tried):
             self.retry_after = min(f.retry_after or 0.0 for f in tried)
+        if self.retry_after is not None:
+            # SPEC §3.3: a caller asks again soon, and meets a recovered member (a panic
+            # probe serves then), rather than wait out the breakers' doubled recovery.
+            self.retry_after = min(self.retry_after, RETRY_AFTER_MAX_S)
         lines = "; ".join(f"{f.member}: {f.reason}" for f in self.failures)
         if self.keys_rejected:
             retryable = False

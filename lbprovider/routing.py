@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
@@ -34,11 +35,20 @@ from lbprovider.errors import (
     StreamInterruptedError,
 )
 from lbprovider.events import EventHook
-from lbprovider.ledger import Ledger, affinity_key
+from lbprovider.ledger import Ledger, affinity_key, breaker_key, lb_key
 from lbprovider.messages import check_messages
 from lbprovider.recorder import Part, Recorder
 from lbprovider.retry import RetryPolicy
-from lbprovider.selection import Admitted, Candidate, Known, Plan, Selection, keep_probe
+from lbprovider.selection import (
+    OPEN_REASON,
+    Admitted,
+    Candidate,
+    Known,
+    Plan,
+    Selection,
+    keep_probe,
+    state_changes,
+)
 from lbprovider.state import StateStore
 from lbprovider.timeouts import FirstChunkTimeout, IdleTimeout, aclose_quietly
 from lbprovider.transport import Chunk, TransportSet, Usage, Wire, member_secrets
@@ -86,6 +96,9 @@ class Request:
     affinity: Affinity | None = None
     affine: int | None = None
     prompt_tokens: int = 0  # estimated, for the headroom rule (SPEC §3.6)
+    # Members skipped only because their breaker is open, by index: a panic probe's pick.
+    open_skips: dict[int, float] = field(default_factory=dict)  # index -> recovery time
+    panicked: bool = False  # a panic probe failed: the callers' wait is still the breakers'
 
 
 @dataclass
@@ -172,6 +185,8 @@ class Router:
         except BaseException:
             await self._release_probes(req)
             raise
+        if opened is None and self._all_open(req):
+            opened = await self._panic(req)
         if opened is None:
             await self._give_up(req)
         async for chunk in self._serve(req, opened):
@@ -237,6 +252,8 @@ class Router:
 
     async def _skip(self, req: Request, member: Member, admitted: Admitted) -> None:
         reason, until = admitted.skip_reason(self.breaker_policy)
+        if reason == OPEN_REASON and until is not None:
+            req.open_skips[self.config.member_names.index(member.name)] = until
         outcome = "tpm" if admitted.tpm_skip else "headroom" if admitted.headroom_skip else reason
         await self.recorder.skipped(member, outcome)
         text = f"skipped: {reason}"
@@ -363,6 +380,52 @@ class Router:
             await self._drop_probe(req, index)
             await self.recorder.probe_released(self.config.members[index])
 
+    def _all_open(self, req: Request) -> bool:
+        """Was every member skipped only because its breaker is open (SPEC §3.3)?"""
+        failures = req.trace.failures
+        return (
+            self.config.settings.panic_probe_enabled
+            and self.breaker_policy.enabled
+            and bool(failures)
+            and all(f.skipped for f in failures)
+            and len(req.open_skips) == len(self.config.members)
+        )
+
+    async def _panic(self, req: Request) -> _Open | None:
+        """Every breaker is open: probe the member that recovers first, once per load
+        balancer across the fleet (SPEC §3.3).  Its success closes its breaker and serves;
+        its failure is a failed probe (the recovery doubles), and the request fails."""
+        index = min(req.open_skips, key=lambda i: req.open_skips[i])
+        member = self.config.members[index]
+        probe_id = secrets.token_hex(8)
+        now = self.clock.now()
+        lb = lb_key(self.config.name)
+        claim = await self.ledger.decide(
+            lb, lambda r: policies.claim_panic(r, now, probe_id, brk.PROBE_LEASE_S)
+        )
+        if not claim.decision:
+            return None  # another request's panic probe is in flight: fail at once
+        try:
+            taken = await self.ledger.decide(
+                breaker_key(member.name), lambda r: brk.panic_probe(r, now, probe_id)
+            )
+            if not taken.decision:
+                return None
+            self.recorder.emit_changes(member.name, state_changes(taken.change))
+            req.probes[index] = asyncio.create_task(
+                keep_probe(self.ledger, member.name, probe_id, self.clock)
+            )
+            cand = Candidate(index, first=False)
+            try:
+                opened = await self._attempt(req, cand, member)
+            except BackendError as err:
+                await self._member_failed(req, cand, err)
+                req.panicked = True
+                return None
+            return opened
+        finally:
+            await self.ledger.aapply({lb: lambda r: policies.release_panic(r, probe_id)})
+
     async def _give_up(self, req: Request) -> NoReturn:
         """Nothing could serve: one error listing every member with its reason."""
         await self._settle_pending(req)
@@ -377,7 +440,9 @@ class Router:
             raise RequestRejectedError(self.config.name, failures, retryable=False)
         retryable = any(f.skipped or f.kind is not FailureKind.REQUEST for f in failures)
         recovery = None
-        if failures and all(f.skipped for f in failures):
+        if req.panicked:
+            recovery = min(req.open_skips.values())
+        elif failures and all(f.skipped for f in failures):
             times = [f.recovery_at for f in failures if f.recovery_at is not None]
             recovery = min(times) if times else None
         raise NoBackendAvailableError(

@@ -41,9 +41,19 @@ from lbprovider.errors import BackendError
 from lbprovider.ledger import Change, Key, Ledger, breaker_key, headroom_key, lb_key, tpm_key
 from lbprovider.retry import RetryPolicy
 
-__all__ = ["Admitted", "Candidate", "Known", "Plan", "Selection", "keep_probe", "state_changes"]
+__all__ = [
+    "OPEN_REASON",
+    "Admitted",
+    "Candidate",
+    "Known",
+    "Plan",
+    "Selection",
+    "keep_probe",
+    "state_changes",
+]
 
 Known = dict[Key[Any], Any]  # records read at a request's start, by key
+OPEN_REASON = "breaker open"  # a skip for an open breaker alone (a panic probe may follow)
 # Members whose admission records a request's start reads, from the likely start member:
 # the first and its next two cover a request and its usual failovers.
 READ_AHEAD = 3
@@ -178,7 +188,7 @@ class Admitted:
             return "benched", rec.recovery_at
         if rec.state is brk.BreakerState.HALF_OPEN:
             return "probe in flight", rec.probe_until
-        return "breaker open", rec.recovery_at
+        return OPEN_REASON, rec.recovery_at
 
 
 class Selection:
