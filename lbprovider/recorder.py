@@ -197,6 +197,27 @@ class Recorder:
                 {headroom_key(member.name): lambda old: headroom.merge(old, said, now)}
             )
 
+    async def claim_hedge(self) -> bool:
+        """May a hedge start now?  Counted against the fleet's budget (SPEC §4.3): the
+        hedges of the last 60 s at most 1 + hedge_budget_percent of the requests."""
+        now, percent = self.clock.now(), self.config.settings.hedge_budget_percent
+        claimed = await self.ledger.decide(
+            lb_key(self.config.name), lambda r: policies.claim_hedge(r, now, percent)
+        )
+        if claimed.decision:
+            self.emit(EventKind.HEDGE, None, "started")
+        return claimed.decision
+
+    def hedge_won(self) -> None:
+        """The hedge served (``hedgeWins``)."""
+        self.ledger.post({lb_key(self.config.name): lambda r: policies.count(r, "hedgeWins")})
+        self.emit(EventKind.HEDGE, None, "won")
+
+    def hedge_lost(self, member: Member) -> None:
+        """An attempt cancelled because the other served first (``hedgesLost``)."""
+        self.ledger.post({metrics_key(self.config.name, member.name): stats.record_hedge_lost})
+        self.emit(EventKind.HEDGE, member.name, "lost")
+
     def affinity(self, *, hit: bool) -> None:
         """A request with a known conversation: its member came first (a hit), or could
         not (a miss: not admitted, expired, no longer a member)."""

@@ -99,6 +99,7 @@ class Request:
     # Members skipped only because their breaker is open, by index: a panic probe's pick.
     open_skips: dict[int, float] = field(default_factory=dict)  # index -> recovery time
     panicked: bool = False  # a panic probe failed: the callers' wait is still the breakers'
+    hedged: bool = False  # a hedge was considered (one per request, SPEC §4.3)
 
 
 @dataclass
@@ -195,6 +196,7 @@ class Router:
     async def _first_chunk(self, req: Request) -> _Open | None:
         """Walk the plan until a member produces its first chunk (None: nobody did)."""
         plan = req.plan = self.selection.plan(req.start, req.affine)
+        hedge_s = self.config.settings.hedge_after_ms / 1000
         while (cand := plan.next()) is not None:
             member = self.config.members[cand.index]
             if cand.first and not await self._admit(req, cand, member, plan):
@@ -204,24 +206,114 @@ class Router:
                 await self.sleep(delay)
             req.pending.pop(cand.index, None)
             req.known = None
-            try:
-                opened = await self._attempt(req, cand, member)
-            except BackendError as err:
-                if plan.failed(cand, err, self.clock.monotonic()):
-                    await self._member_failed(req, cand, err)
-                else:
-                    req.pending[cand.index] = (cand, err)
-                if err.kind is FailureKind.FINAL:
-                    await self._settle_pending(req)
-                    await self.recorder.request_failed(req.start.ticket)
-                    raise RequestRejectedError(
-                        self.config.name, req.trace.failures, retryable=False
-                    ) from err
-                continue
-            plan.succeeded(cand)
-            await self._settle_pending(req)
-            return opened
+            if hedge_s and not req.hedged:
+                opened = await self._hedged(req, plan, cand, member, hedge_s)
+            else:
+                opened = await self._one(req, plan, cand, member)
+            if opened is not None:
+                plan.succeeded(opened.candidate)
+                await self._settle_pending(req)
+                return opened
         return None
+
+    async def _one(self, req: Request, plan: Plan, cand: Candidate, member: Member) -> _Open | None:
+        """One attempt; a failure is handed to the plan (None)."""
+        try:
+            return await self._attempt(req, cand, member)
+        except BackendError as err:
+            await self._failed(req, plan, cand, err)
+            return None
+
+    async def _failed(self, req: Request, plan: Plan, cand: Candidate, err: BackendError) -> None:
+        """An attempt failed before serving: the plan says whether the member is done for
+        this request; a content-policy refusal ends the request."""
+        if plan.failed(cand, err, self.clock.monotonic()):
+            await self._member_failed(req, cand, err)
+        else:
+            req.pending[cand.index] = (cand, err)
+        if err.kind is FailureKind.FINAL:
+            await self._settle_pending(req)
+            await self.recorder.request_failed(req.start.ticket)
+            raise RequestRejectedError(
+                self.config.name, req.trace.failures, retryable=False
+            ) from err
+
+    async def _hedged(
+        self, req: Request, plan: Plan, cand: Candidate, member: Member, after_s: float
+    ) -> _Open | None:
+        """An attempt that, with no first chunk after ``after_s``, gets the next admitted
+        candidate started alongside, within the fleet's hedge budget (SPEC §4.3).  The
+        first to produce a chunk serves; the other is cancelled (not a failure).  Each
+        keeps its own first-chunk timeout; a failed one leaves the other running."""
+        running: dict[asyncio.Task[_Open], Candidate] = {
+            asyncio.create_task(self._attempt(req, cand, member)): cand
+        }
+        fired = asyncio.Event()
+        timer = self.clock.call_later(after_s, fired.set)
+        waiter = asyncio.create_task(fired.wait())
+        try:
+            await asyncio.wait({*running, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            waiter.cancel()
+        if not any(task.done() for task in running):
+            hedge = await self._start_hedge(req, plan)
+            if hedge is not None:
+                running[hedge[0]] = hedge[1]
+        try:
+            while running:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    finished = running.pop(task)
+                    error = task.exception()
+                    if error is None:
+                        await self._drop_losers(req, running, lost=True)
+                        if finished is not cand:
+                            self.recorder.hedge_won()
+                        return task.result()
+                    if not isinstance(error, BackendError):
+                        raise error
+                    await self._failed(req, plan, finished, error)
+            return None
+        finally:
+            await self._drop_losers(req, running, lost=False)  # the caller left, or a bug
+
+    async def _start_hedge(
+        self, req: Request, plan: Plan
+    ) -> tuple[asyncio.Task[_Open], Candidate] | None:
+        """The hedge: the plan's next candidate the breakers admit, if the budget allows."""
+        req.hedged = True  # one hedge per request, started or not
+        while (cand := plan.next()) is not None:
+            if not cand.first:
+                plan.give_back(cand)  # a retry of a member already asked: no hedge
+                return None
+            member = self.config.members[cand.index]
+            if not await self._admit(req, cand, member, plan):
+                continue
+            if not await self.recorder.claim_hedge():
+                plan.give_back(cand)
+                if await self._drop_probe(req, cand.index):
+                    await self.recorder.probe_released(member)
+                return None
+            return asyncio.create_task(self._attempt(req, cand, member)), cand
+        return None
+
+    async def _drop_losers(
+        self, req: Request, running: dict[asyncio.Task[_Open], Candidate], *, lost: bool
+    ) -> None:
+        """Cancel the attempts still running: the caller's cancel for each (counted as
+        cancelled, never a failure), and, when another served (``lost``), ``hedgesLost``
+        for its member."""
+        for task, cand in list(running.items()):
+            running.pop(task)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BackendError):
+                await task
+            member = self.config.members[cand.index]
+            if await self._drop_probe(req, cand.index):
+                await self.recorder.probe_released(member)
+            if lost:
+                self.recorder.hedge_lost(member)
 
     async def _admit(self, req: Request, cand: Candidate, member: Member, plan: Plan) -> bool:
         """Ask the member's breaker (and the TPM rule) once per request; False: skipped."""

@@ -129,6 +129,10 @@ class Plan:
             deferred=self._in_deferred,
         )
 
+    def give_back(self, candidate: Candidate) -> None:
+        """Put a candidate taken but not tried back at the front (a hedge not started)."""
+        self._queue.appendleft(candidate.index)
+
     def defer(self, candidate: Candidate) -> None:
         """The TPM rule skipped this member: try it after everyone else."""
         self._deferred.append(candidate.index)

@@ -209,6 +209,11 @@ def record_attempt(
     )
 
 
+def record_hedge_lost(m: MemberMetrics) -> MemberMetrics:
+    """Count one attempt cancelled because a hedge (or the attempt it hedged) served."""
+    return replace(m, hedges_lost=m.hedges_lost + 1)
+
+
 def record_skip(m: MemberMetrics, *, headroom: bool = False) -> MemberMetrics:
     """Count one skip (breaker open, probe in flight, TPM, bench; ``headroom``: no
     rate-limit headroom left, also counted in ``headroomSkips``)."""
