@@ -79,12 +79,16 @@ def _text(content: Any) -> Any:
     """A message's content without its markers: clients move ``cache_control`` to the
     newest message every turn, which must not change the conversation's key."""
     if isinstance(content, list):
-        return [
+        parts = [
             {k: v for k, v in part.items() if k != "cache_control"}
             if isinstance(part, Mapping)
             else part
             for part in content
         ]
+        if all(isinstance(p, Mapping) and p.get("type") == "text" for p in parts):
+            # Text blocks read the same as the string a client sends on another turn.
+            return "".join(str(p.get("text", "")) for p in parts)
+        return parts
     return content
 
 
