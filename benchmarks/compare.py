@@ -43,6 +43,9 @@ TIMEOUT_MS = 1000  # our first-chunk timeout; Router's stream_timeout gets the s
 UNPACED = "chunks=20,prompt_tokens=20,completion_tokens=20"
 # Where benchmarks/gateway.py's section of docs/benchmarks.md starts (it runs to the end).
 GATEWAY_MARK = "<!-- benchmarks/gateway.py writes from here to the end -->"
+# Where benchmarks/routing.py's section starts (after the Gateway section; it runs to the
+# end, and gateway.py keeps it).
+ROUTING_MARK = "<!-- benchmarks/routing.py writes from here to the end -->"
 
 # name: (faulty member behaviour or None, concurrency, requests[, healthy behaviour])
 SCENARIOS: dict[str, tuple[Any, ...]] = {
@@ -758,10 +761,11 @@ def report(results: dict[str, Any]) -> None:
             "(install the `bench` extra for the chart)",
         )
     docs = ROOT / "docs" / "benchmarks.md"
-    # The Gateway section is gateway.py's: keep it.
+    # The Gateway and Routing sections are gateway.py's and routing.py's: keep them.
     old = docs.read_text() if docs.exists() else ""
-    if GATEWAY_MARK in old:
-        text = text.rstrip() + "\n\n" + old[old.index(GATEWAY_MARK) :]
+    marks = [old.index(m) for m in (GATEWAY_MARK, ROUTING_MARK) if m in old]
+    if marks:
+        text = text.rstrip() + "\n\n" + old[min(marks) :]
     docs.write_text(text)
     print(f"wrote {RESULTS / 'compare.json'} and docs/benchmarks.md")
 

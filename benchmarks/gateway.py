@@ -52,6 +52,7 @@ from typing import Any
 
 from common import KEY, start_sim
 from compare import GATEWAY_MARK as DOCS_MARK  # compare.py keeps the section it starts
+from compare import ROUTING_MARK  # routing.py's section follows ours
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -709,11 +710,15 @@ def markdown(results: dict[str, Any], command: str) -> list[str]:
 
 
 def write_docs(section: list[str]) -> None:
-    """Replace the Gateway section at the end of docs/benchmarks.md (or append it)."""
+    """Replace the Gateway section of docs/benchmarks.md (or add it), keeping the Routing
+    section that follows it (benchmarks/routing.py's)."""
     text = DOCS.read_text()
+    tail = text[text.index(ROUTING_MARK) :] if ROUTING_MARK in text else ""
+    text = text.removesuffix(tail)
     if DOCS_MARK in text:
         text = text[: text.index(DOCS_MARK)]
-    DOCS.write_text(text.rstrip() + "\n\n" + "\n".join(section))
+    body = "\n".join(section).rstrip() + "\n"
+    DOCS.write_text(text.rstrip() + "\n\n" + body + ("\n" + tail if tail else ""))
 
 
 def main() -> None:

@@ -75,10 +75,27 @@ class Affinity:
         return names.index(record.member) if record.member in names else None
 
 
+def _text(content: Any) -> Any:
+    """A message's content without its markers: clients move ``cache_control`` to the
+    newest message every turn, which must not change the conversation's key."""
+    if isinstance(content, list):
+        parts = [
+            {k: v for k, v in part.items() if k != "cache_control"}
+            if isinstance(part, Mapping)
+            else part
+            for part in content
+        ]
+        if all(isinstance(p, Mapping) and p.get("type") == "text" for p in parts):
+            # Text blocks read the same as the string a client sends on another turn.
+            return "".join(str(p.get("text", "")) for p in parts)
+        return parts
+    return content
+
+
 def _system_and_first_user(messages: Sequence[Mapping[str, Any]]) -> list[Any]:
-    system = [m.get("content") for m in messages if m.get("role") in ("system", "developer")]
+    system = [_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
     first_user = next((m.get("content") for m in messages if m.get("role") == "user"), None)
-    return [system, first_user]
+    return [system, _text(first_user)]
 
 
 def conversation(

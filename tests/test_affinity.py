@@ -156,3 +156,20 @@ async def test_gateway_keys_reach_the_engine(key: str | None) -> None:
     one_shot = turns("y", 1)[0]
     got = {await served(lb, one_shot, affinity_key=key) for _ in range(3)}
     assert len(got) == (1 if key else 3)
+
+
+async def test_moving_cache_markers_keep_the_key() -> None:
+    """Claude Code moves `cache_control` to the newest message each turn: the conversation
+    key (and so its member) stays the same."""
+    transport = ScriptedTransport(FakeClock())
+    lb = lb_over(transport)
+    marked = {"type": "text", "text": "fix it", "cache_control": {"type": "ephemeral"}}
+    plain = {"type": "text", "text": "fix it"}
+    first = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": [marked]}]
+    second = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": [plain]},
+        {"role": "assistant", "content": "done"},
+        {"role": "user", "content": [{**marked, "text": "and the tests"}]},
+    ]
+    assert await served(lb, first) == await served(lb, second)
