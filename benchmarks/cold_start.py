@@ -7,7 +7,8 @@ Against one ``lbprovider sim`` on loopback, each command runs ``--runs`` times
 the child) and wall time of each:
 
 - ``lbprovider --help`` (Python, click and our CLI: the floor for any command);
-- ``lbprovider chat`` over two native members, and over two litellm members;
+- ``lbprovider chat`` over two native members, two native Anthropic members (the sim
+  answers ``/v1/messages`` on the same port) and two litellm members;
 - ``llm -m sim-direct`` (an OpenAI-compatible model in llm's ``extra-openai-models.yaml``
   pointing at the same sim: what a user pays without lbprovider);
 - ``llm -m lb/bench-native`` (the same request through our plugin, native members).
@@ -60,6 +61,12 @@ def setup(home: Path, url: str) -> dict[str, str]:
             "profiles": [f"{transport}0", f"{transport}1"],
         }
         (profiles / f"bench-{transport}.json").write_text(json.dumps(lb))
+    anthropic = {"version": 1, "provider": "anthropic", "model": "sim-model"}
+    anthropic["ephemeralSettings"] = {"base-url": url, "auth-key": KEY}
+    for i in (0, 1):
+        (profiles / f"anthropic{i}.json").write_text(json.dumps(anthropic))
+    lb = {**lb, "profiles": ["anthropic0", "anthropic1"]}
+    (profiles / "bench-anthropic.json").write_text(json.dumps(lb))
     llm_dir = home / "llm"
     llm_dir.mkdir()
     (llm_dir / "extra-openai-models.yaml").write_text(
@@ -83,6 +90,12 @@ COMMANDS: dict[str, list[str]] = {
     "lbprovider profiles list": [str(BIN / "lbprovider"), "profiles", "list"],
     "lbprovider stats --json": [str(BIN / "lbprovider"), "stats", "--json"],
     "lbprovider chat (native members)": [str(BIN / "lbprovider"), "chat", "-p", "bench-native"],
+    "lbprovider chat (native Anthropic members)": [
+        str(BIN / "lbprovider"),
+        "chat",
+        "-p",
+        "bench-anthropic",
+    ],
     "lbprovider chat (litellm members)": [str(BIN / "lbprovider"), "chat", "-p", "bench-litellm"],
     "llm -m sim-direct (no lbprovider)": [str(BIN / "llm"), "-m", "sim-direct"],
     "llm -m lb/bench-native": [str(BIN / "llm"), "-m", "lb/bench-native"],

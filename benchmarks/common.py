@@ -17,14 +17,19 @@ KEY = "sk-bench-not-a-real-key"
 
 
 def bench_config(
-    urls: Sequence[str], name: str = "bench", *, transport: str = "native", **settings: Any
+    urls: Sequence[str],
+    name: str = "bench",
+    *,
+    transport: str = "native",
+    provider: str = "openai",
+    **settings: Any,
 ) -> LoadBalancerConfig:
     """A round-robin load balancer over the given base URLs, members m0, m1, ...,
-    called through ``transport`` (``native`` or ``litellm``)."""
+    called through ``transport`` (``native`` or ``litellm``) as ``provider``."""
     members = tuple(
         Member(
             name=f"m{i}",
-            provider="openai",
+            provider=provider,
             model="bench",
             api_base=u,
             api_key=SecretStr(KEY),

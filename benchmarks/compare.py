@@ -61,6 +61,8 @@ SCENARIOS: dict[str, tuple[Any, ...]] = {
     "one member 429 + Retry-After: 1": (f"status=429,retry_after=1,{HEALTHY}", 8, 120),
 }
 SYSTEMS = ("raw", "direct", "lb-native", "lb-litellm", "router")
+# --anthropic: the hot path over native Anthropic members, next to native OpenAI ones.
+ANTHROPIC_SYSTEMS = ("raw-anthropic", "lb-anthropic", "raw", "lb-native")
 RUN_DEADLINE_S = 150.0  # a run stops starting requests after this
 REQUEST_CAP_S = 60.0  # one request is abandoned (a failure) after this
 
@@ -102,12 +104,15 @@ def hits(urls: list[str]) -> int:
 # -- one system, in its own process ----------------------------------------------------------
 
 
-def lb_config(urls: list[str], name: str = "bench", transport: str = "native") -> Any:
+def lb_config(
+    urls: list[str], name: str = "bench", transport: str = "native", provider: str = "openai"
+) -> Any:
     """Round-robin over the members, breakers on, a first-chunk timeout."""
     return bench_config(
         urls,
         name,
         transport=transport,
+        provider=provider,
         circuit_breaker_enabled=True,
         circuit_breaker_failure_threshold=3,
         circuit_breaker_recovery_timeout_ms=30_000,
@@ -172,6 +177,34 @@ async def raw_system(healthy: str) -> Any:
     return chunks
 
 
+async def raw_anthropic_system(healthy: str) -> Any:
+    """raw_system for Anthropic Messages: aiohttp straight to one member's
+    ``/v1/messages``, ``json.loads`` per ``data:`` line, the text deltas yielded."""
+    import aiohttp
+
+    session = aiohttp.ClientSession()
+    body = json.dumps(
+        {"model": "bench", "max_tokens": 64, "messages": MESSAGES, "stream": True}
+    ).encode()
+    headers = {
+        "x-api-key": KEY,
+        "anthropic-version": "2023-06-01",
+        "Content-Type": "application/json",
+    }
+
+    async def chunks() -> Any:
+        async with session.post(f"{healthy}/messages", data=body, headers=headers) as r:
+            async for line in r.content:
+                if line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    if event["type"] == "content_block_delta" and "text" in event["delta"]:
+                        yield event["delta"]["text"]
+
+    async for _ in chunks():
+        pass
+    return chunks
+
+
 async def litellm_system(system: str, urls: list[str]) -> Any:
     """Every other system, warmed (imports, clients, first call) over the healthy
     member only, outside the measured window."""
@@ -187,9 +220,14 @@ async def litellm_system(system: str, urls: list[str]) -> Any:
         from lbprovider.state.memory import MemoryStore
 
         transport = system.removeprefix("lb-")
-        warm = lb_config([healthy], name="warm", transport=transport)
+        # lb-anthropic: native Anthropic members (the sims answer /v1/messages too).
+        provider = "anthropic" if transport == "anthropic" else "openai"
+        transport = "native" if transport == "anthropic" else transport
+        warm = lb_config([healthy], name="warm", transport=transport, provider=provider)
         await drain(LoadBalancingProvider(warm, store=MemoryStore()).stream(MESSAGES))
-        lb = LoadBalancingProvider(lb_config(urls, transport=transport), store=MemoryStore())
+        lb = LoadBalancingProvider(
+            lb_config(urls, transport=transport, provider=provider), store=MemoryStore()
+        )
 
         async def lb_chunks() -> Any:
             async for chunk in lb.stream(MESSAGES):
@@ -237,7 +275,12 @@ async def run_system(
     """Send the workload through one system; per-request latency, TTFC, CPU, memory."""
     healthy = urls[1]
     random.seed(1234)
-    chunks = await (raw_system(healthy) if system == "raw" else litellm_system(system, urls))
+    if system == "raw":
+        chunks = await raw_system(healthy)
+    elif system == "raw-anthropic":
+        chunks = await raw_anthropic_system(healthy)
+    else:
+        chunks = await litellm_system(system, urls)
     latencies: list[float] = []
     ttfcs: list[float] = []
     errors: dict[str, int] = {}
@@ -477,6 +520,18 @@ def targets(results: dict[str, Any]) -> list[str]:
         rows.append(
             ("cold `lbprovider chat` (native) CPU ÷ `lbprovider --help`", ratio, "≤ 4", ratio <= 4)
         )
+        anthropic = cold.get("lbprovider chat (native Anthropic members)")
+        if anthropic:
+            theirs = anthropic["cpu_s"] / cold["lbprovider --help"]["cpu_s"]
+            rows.append(
+                (
+                    "cold `lbprovider chat` (Anthropic members) CPU ÷ `--help`, vs native OpenAI's "
+                    f"{ratio:.2f}×",
+                    theirs,
+                    f"≤ {ratio:.2f}",
+                    theirs <= ratio,
+                )
+            )
         ratio = (
             cold["llm -m lb/bench-native"]["wall_s"]
             / cold["llm -m sim-direct (no lbprovider)"]["wall_s"]
@@ -610,6 +665,35 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def anthropic_hot_path(requests: int, *, write: bool = True) -> dict[str, Any]:
+    """The hot path of native Anthropic members next to native OpenAI ones, in one run:
+    CPU per request of ``LoadBalancingProvider.stream`` ÷ a raw aiohttp client reading
+    the same stream, sequential, healthy; saved as ``results/anthropic.json``."""
+    runs: dict[str, dict[str, Any]] = {}
+    for system in ANTHROPIC_SYSTEMS:
+        with ExitStack() as stack:
+            urls = start_backends(stack, None)
+            runs[system] = summarise(run_in_subprocess(system, urls, 1, requests))
+        r = runs[system]
+        print(
+            f"anthropic hot path {system:14} success {r['success_rate']:.0%}  "
+            f"CPU {r['cpu_ms_per_req']:.2f} ms/req  p50 {_f(r['p50_ms'])} ms",
+            flush=True,
+        )
+        assert r["success_rate"] == 1.0, r
+    out: dict[str, Any] = {"requests": requests, "runs": runs}
+    for wire, (raw, lb) in {
+        "anthropic": ("raw-anthropic", "lb-anthropic"),
+        "openai": ("raw", "lb-native"),
+    }.items():
+        out[f"{wire}_ratio"] = runs[lb]["cpu_ms_per_req"] / runs[raw]["cpu_ms_per_req"]
+        print(f"anthropic hot path: {lb} CPU/request ÷ {raw}: {out[f'{wire}_ratio']:.2f}×")
+    if write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "anthropic.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
 def main(quick: bool, only: str | None = None) -> None:
     """Every scenario x system, selection cost and cold start; writes the reports.
 
@@ -708,6 +792,12 @@ if __name__ == "__main__":
         help="a smoke run (selection at 3 and 30 members, one scenario of 2 requests on "
         "raw and lb-native): prints, writes nothing",
     )
+    parser.add_argument(
+        "--anthropic",
+        action="store_true",
+        help="only the hot path over native Anthropic members vs a raw client (and the "
+        "same for OpenAI members); writes results/anthropic.json",
+    )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.selection or args.tiny:
@@ -722,6 +812,9 @@ if __name__ == "__main__":
                 run = summarise(run_in_subprocess(system, urls, 1, 2))
                 print(f"tiny {system:10} success {run['success_rate']:.0%}", flush=True)
                 assert run["success_rate"] == 1.0, run
+        anthropic_hot_path(2, write=False)
+    elif args.anthropic:
+        anthropic_hot_path(25 if args.quick else 100)
     elif args.selection:
         pass
     elif args.report_only:

@@ -67,7 +67,7 @@ PROXY_KEY = "sk-proxy-bench-" + secrets.token_hex(8)
 IMPORTS = "import aiohttp, click, pydantic, rich"
 REQUEST_CAP_S = 60.0
 TICKS = os.sysconf("SC_CLK_TCK")
-SYSTEMS = ("raw", "in-process", "serve", "proxy")
+SYSTEMS = ("raw", "in-process", "serve", "proxy", "serve /v1/messages", "proxy /v1/messages")
 FULL_COMMAND = "PYTHONPATH=$PWD .venv/bin/python benchmarks/gateway.py"
 
 
@@ -304,6 +304,32 @@ def http_client(session: Any, bases: list[str], key: str) -> Stream:
     return chunks
 
 
+def messages_client(session: Any, base: str, key: str) -> Stream:
+    """Streamed Anthropic ``POST {base}/v1/messages``, ``json.loads`` per ``data:`` line;
+    yields the text deltas."""
+    body = json.dumps({"model": LB, "max_tokens": 64, "messages": MESSAGES, "stream": True})
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "x-api-key": key,
+        "anthropic-version": "2023-06-01",
+        "Content-Type": "application/json",
+    }
+
+    async def chunks() -> AsyncIterator[str]:
+        async with session.post(f"{base}/v1/messages", data=body, headers=headers) as r:
+            if r.status != 200:
+                raise RuntimeError(f"HTTP {r.status}")
+            async for line in r.content:
+                if line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    if event.get("type") == "error":
+                        raise RuntimeError("error event")
+                    if event.get("type") == "content_block_delta" and event["delta"].get("text"):
+                        yield event["delta"]["text"]
+
+    return chunks
+
+
 def in_process_client(home: Path) -> Stream:
     """``LoadBalancingProvider.stream`` over the same profile, ``memory://`` state."""
     from lbprovider.profiles.store import ProfileStore
@@ -395,11 +421,18 @@ def summary(
 
 
 async def measure(
-    system: str, chunks: Stream, sizes: Sizes, pid: int | None, rows: list[dict[str, Any]]
+    system: str,
+    chunks: Stream,
+    sizes: Sizes,
+    pid: int | None,
+    rows: list[dict[str, Any]],
+    *,
+    c32_only: bool = False,
 ) -> None:
     """Warm up, then the 32- and 64-concurrent loads of one system, into ``rows``."""
     await load(chunks, 64, 128 if sizes is not TINY else 64)
-    for concurrency, requests in ((32, sizes.c32), (64, sizes.c64)):
+    loads = ((32, sizes.c32),) if c32_only else ((32, sizes.c32), (64, sizes.c64))
+    for concurrency, requests in loads:
         cpu0 = tree_cpu_s(pid) if pid else None
         run = await load(chunks, concurrency, requests)
         cpu = tree_cpu_s(pid) - cpu0 if pid and cpu0 is not None else None
@@ -456,6 +489,9 @@ async def run_all(sizes: Sizes, tmp: Path, urls: list[str]) -> dict[str, Any]:
         try:
             client = http_client(session, [f"{server.base}/v1"], SERVE_KEY)
             await measure("serve", client, sizes, server.proc.pid, rows)
+            client = messages_client(session, server.base, SERVE_KEY)
+            pid = server.proc.pid
+            await measure("serve /v1/messages", client, sizes, pid, rows, c32_only=True)
         finally:
             server.stop()
 
@@ -486,6 +522,9 @@ async def run_all(sizes: Sizes, tmp: Path, urls: list[str]) -> dict[str, Any]:
             try:
                 client = http_client(session, [f"{proxy.base}/v1"], PROXY_KEY)
                 await measure("proxy", client, sizes, proxy.proc.pid, rows)
+                client = messages_client(session, proxy.base, PROXY_KEY)
+                pid = proxy.proc.pid
+                await measure("proxy /v1/messages", client, sizes, pid, rows, c32_only=True)
                 out["proxy_rss_mb"] = rss_mb(proxy.proc.pid)
             finally:
                 proxy.stop()
@@ -539,6 +578,17 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float | None, str, bool 
         "64 concurrent: serve req/s ÷ proxy req/s",
         serve64 and serve64["req_per_s"],
         proxy64 and proxy64["req_per_s"],
+        "≥ 4×",
+        "ge",
+    )
+    serve_m, proxy_m = (
+        _row(results, "serve /v1/messages", 32),
+        _row(results, "proxy /v1/messages", 32),
+    )
+    ratio(
+        "32 concurrent `/v1/messages`: serve req/s ÷ proxy req/s",
+        serve_m and serve_m["req_per_s"],
+        proxy_m and proxy_m["req_per_s"],
         "≥ 4×",
         "ge",
     )
@@ -603,8 +653,10 @@ def markdown(results: dict[str, Any], command: str) -> list[str]:
         "",
         "serve and the proxy run one after the other, never both; their client is the same",
         "aiohttp code as raw's, posting a streamed `/v1/chat/completions` (with",
-        "`stream_options.include_usage`). Each system is warmed first; then "
-        f"{sizes['c32']} requests at",
+        "`stream_options.include_usage`); the `/v1/messages` rows post a streamed Anthropic",
+        "Messages request to the same server (same members: serve translates to the OpenAI",
+        "members, the proxy goes through its Anthropic adapter to `lb/bench`), concurrency 32",
+        f"only. Each system is warmed first; then {sizes['c32']} requests at",
         f"concurrency 32 and {sizes['c64']} at 64. *Server CPU* is the server's process tree",
         "(`/proc` utime + stime of the process and its descendants, read before and after the",
         "load) per request; *client CPU* is the measuring process's own (for in-process it",
