@@ -68,7 +68,9 @@ def serve_process(
             match = _READY.search(err_path.read_text())
             url = match.group(1) if match else None
             if url is None:
-                time.sleep(0.05)  # polling a starting process, not a timing assertion
+                # Wait on the process itself (it may exit), a little at a time.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(0.05)
         assert url is not None, err_path.read_text()[-2000:]
         yield proc, url, err_path
     finally:

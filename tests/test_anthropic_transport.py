@@ -36,7 +36,6 @@ from lbprovider.transport.anthropic import (
     AnthropicTransport,
     build_request,
     endpoint,
-    rate_limit_headers,
 )
 from tests.conftest import ENGINE_KEY, HI, SIM_KEY, WriteProfile, lb, make_lb, member
 
@@ -474,14 +473,17 @@ async def test_error_event_in_stream() -> None:
 
 
 def test_rate_limit_headers() -> None:
-    """The anthropic-ratelimit-* headers are picked out of a response's headers."""
+    """The anthropic-ratelimit-* headers are picked out of a response's headers (the one
+    reader both transports use, lbprovider.headroom.limit_headers)."""
+    from lbprovider.headroom import limit_headers
+
     headers = {
         "Anthropic-RateLimit-Requests-Remaining": "9",
         "anthropic-ratelimit-tokens-reset": "2026-01-01T00:00:00Z",
         "retry-after": "2",
         "content-type": "text/event-stream",
     }
-    assert rate_limit_headers(headers) == {
+    assert limit_headers(headers) == {
         "anthropic-ratelimit-requests-remaining": "9",
         "anthropic-ratelimit-tokens-reset": "2026-01-01T00:00:00Z",
     }

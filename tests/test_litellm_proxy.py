@@ -93,7 +93,9 @@ def proxy_process(config: Path, env: dict[str, str], log: Path) -> Iterator[str]
                 except OSError:
                     if time.monotonic() > deadline:
                         raise AssertionError("proxy did not start in 120 s") from None
-                    time.sleep(0.5)  # polling a starting server, not a timing assertion
+                    # Wait on the process itself (it may exit), a little at a time.
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(0.5)
             yield base
         finally:
             proc.terminate()

@@ -35,7 +35,6 @@ import aiohttp
 
 from lbprovider.config import Member
 from lbprovider.errors import TransportError
-from lbprovider.headroom import limit_headers
 from lbprovider.redaction import is_secret_name, scrub
 from lbprovider.transport import (
     Api,
@@ -48,7 +47,7 @@ from lbprovider.transport import (
     member_secrets,
     parse_retry_after,
 )
-from lbprovider.transport.native import network_error, pool
+from lbprovider.transport.native import exchange, no_answer
 
 __all__ = [
     "API_VERSION",
@@ -58,7 +57,6 @@ __all__ = [
     "build_request",
     "endpoint",
     "passes_through",
-    "rate_limit_headers",
     "to_messages_body",
     "trimmed_prefill",
 ]
@@ -399,15 +397,6 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return out
 
 
-def rate_limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The ``anthropic-ratelimit-*`` headers of a response, names lower-cased (SPEC §3.6)."""
-    return {
-        str(k).lower(): str(v)
-        for k, v in headers.items()
-        if str(k).lower().startswith("anthropic-ratelimit-")
-    }
-
-
 # -- reading answers ------------------------------------------------------------------------
 
 
@@ -554,7 +543,7 @@ class AnthropicTransport:
     async def warm_up(self) -> None:
         """Nothing to warm: aiohttp is imported with this module, the pool on first use."""
 
-    async def stream(
+    def stream(
         self,
         member: Member,
         messages: Sequence[Mapping[str, Any]],
@@ -562,57 +551,30 @@ class AnthropicTransport:
         wire: Wire | None = None,
     ) -> AsyncIterator[Chunk]:
         """Yield the member's answer as chunks; closing the iterator closes the connection."""
-        body, headers = build_request(member, messages, params, wire)
         keep = passes_through(wire)
         lead = "" if keep else trimmed_prefill(messages)
-        url = endpoint(member)
-        session = await pool()
-        try:
-            response = await session.post(
-                url, data=json.dumps(body, ensure_ascii=False).encode(), headers=headers
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            raise network_error(exc, member, url, connecting=True) from exc
-        done = False
-        limits = limit_headers(response.headers)
 
-        def mark(chunk: Chunk) -> Chunk:
-            # The answer's rate-limit headers ride on its first chunk (SPEC §3.6).
-            nonlocal limits
-            if limits is None:
-                return chunk
-            chunk, limits = replace(chunk, limits=limits), None
-            return chunk
+        def prepare() -> tuple[str, dict[str, Any], dict[str, str]]:
+            return endpoint(member), *build_request(member, messages, params, wire)
 
-        try:
-            if response.status >= 400:
-                error = await _http_error(response, member)
-                error.limits = limits
-                raise error
+        def read(response: aiohttp.ClientResponse, url: str) -> AsyncIterator[Chunk]:
             ctype = response.content_type
             if ctype == "text/event-stream":
-                async for chunk in _events(response, member, keep=keep, lead=lead):
-                    yield mark(chunk)
-            elif ctype == "application/json":
-                payload = await _json_body(response, member, url)
-                chunk = _whole_message(payload, member, lead)
-                yield mark(replace(chunk, wire=(payload,)) if keep else chunk)
-            else:
-                raise TransportError(
-                    f"{host_port(url)} answered {ctype}, not an event stream",
-                    member=member.name,
-                    status=response.status,
-                )
-            done = True
-        except (aiohttp.ClientError, OSError) as exc:
-            raise network_error(exc, member, url, connecting=False) from exc
-        finally:
-            # As for the OpenAI-compatible transport: only a finished answer gives its
-            # connection back; anything else closes it, so the member sees the disconnect.
-            if done:
-                response.release()
-            else:
-                response.close()
+                return _events(response, member, keep=keep, lead=lead)
+            if ctype == "application/json":
+                return _whole(response, member, url, keep, lead)
+            raise no_answer(f"{host_port(url)} answered {ctype}, not an event stream", member)
+
+        return exchange(member, prepare, read, _http_error)
+
+
+async def _whole(
+    response: aiohttp.ClientResponse, member: Member, url: str, keep: bool, lead: str
+) -> AsyncIterator[Chunk]:
+    """A JSON Message answering a streaming request (a server that ignored ``stream``)."""
+    payload = await _json_body(response, member, url)
+    chunk = _whole_message(payload, member, lead)
+    yield replace(chunk, wire=(payload,)) if keep else chunk
 
 
 async def _events(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -240,7 +240,7 @@ class NativeTransport:
     async def warm_up(self) -> None:
         """Nothing to warm: aiohttp is imported with this module, the pool on first use."""
 
-    async def stream(
+    def stream(
         self,
         member: Member,
         messages: Sequence[Mapping[str, Any]],
@@ -248,60 +248,79 @@ class NativeTransport:
         wire: Wire | None = None,
     ) -> AsyncIterator[Chunk]:
         """Yield the member's answer as chunks; closing the iterator closes the connection."""
-        body, headers = build_request(member, messages, params, wire)
         keep = passes_through(wire)
-        url = endpoint(member)
-        session = await pool()
-        try:
-            response = await session.post(
-                url, data=json.dumps(body, ensure_ascii=False).encode(), headers=headers
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            raise network_error(exc, member, url, connecting=True) from exc
-        done = False
-        limits = limit_headers(response.headers)
 
-        def mark(chunk: Chunk) -> Chunk:
-            # The answer's rate-limit headers ride on its first chunk (SPEC §3.6).
-            nonlocal limits
-            if limits is None:
-                return chunk
-            chunk, limits = replace(chunk, limits=limits), None
-            return chunk
+        def prepare() -> tuple[str, dict[str, Any], dict[str, str]]:
+            return endpoint(member), *build_request(member, messages, params, wire)
 
-        try:
-            if response.status >= 400:
-                error = await _http_error(response, member)
-                error.limits = limits
-                raise error
+        def read(response: aiohttp.ClientResponse, url: str) -> AsyncIterator[Chunk]:
             if response.content_type == "application/json":
-                payload = await _json_body(response, member, url)
-                chunk = to_chunk(payload, member)
-                if chunk is None:
-                    raise _no_answer(
-                        f"{host_port(url)} answered with a body that is not a chat completion",
-                        member,
-                    )
-                yield mark(replace(chunk, wire=(payload,)) if keep else chunk)
-            elif not _is_event_stream(response):
-                raise _no_answer(
+                return _whole(response, member, url, keep)
+            if not _is_event_stream(response):
+                raise no_answer(
                     f"{host_port(url)} answered {response.content_type}, not an event stream",
                     member,
                 )
-            else:
-                async for chunk in _events(response, member, keep=keep):
-                    yield mark(chunk)
-            done = True
-        except (aiohttp.ClientError, OSError) as exc:
-            raise network_error(exc, member, url, connecting=False) from exc
-        finally:
-            # A finished answer gives its connection back to the pool; anything else
-            # (an error, the caller or a timeout closing us) closes it, so the backend
-            # sees the disconnect.
-            if done:
-                response.release()
-            else:
-                response.close()
+            return _events(response, member, keep=keep)
+
+        return exchange(member, prepare, read, _http_error)
+
+
+Prepare = Callable[[], tuple[str, Mapping[str, Any], Mapping[str, str]]]
+Read = Callable[[aiohttp.ClientResponse, str], AsyncIterator[Chunk]]
+ReadError = Callable[[aiohttp.ClientResponse, Member], Awaitable[TransportError]]
+
+
+async def exchange(
+    member: Member, prepare: Prepare, read: Read, http_error: ReadError
+) -> AsyncIterator[Chunk]:
+    """One streamed call, as both native transports make it: ``prepare`` gives the URL,
+    the JSON body and the headers; a refused or broken connection is a network error
+    naming host and port; an error status is ``http_error``'s; anything else is
+    ``read``'s to turn into chunks.  The answer's rate-limit headers ride on its first
+    chunk or on its error (SPEC §3.6).  Only a finished answer gives its connection back
+    to the pool; anything else (an error, the caller or a timeout closing us) closes it,
+    so the backend sees the disconnect."""
+    url, body, headers = prepare()
+    session = await pool()
+    try:
+        response = await session.post(
+            url, data=json.dumps(body, ensure_ascii=False).encode(), headers=headers
+        )
+    except (aiohttp.ClientError, OSError) as exc:
+        raise network_error(exc, member, url, connecting=True) from exc
+    done = False
+    limits = limit_headers(response.headers)
+    try:
+        if response.status >= 400:
+            error = await http_error(response, member)
+            error.limits = limits
+            raise error
+        async for chunk in read(response, url):
+            if limits is not None:
+                chunk, limits = replace(chunk, limits=limits), None
+            yield chunk
+        done = True
+    except (aiohttp.ClientError, OSError) as exc:
+        raise network_error(exc, member, url, connecting=False) from exc
+    finally:
+        if done:
+            response.release()
+        else:
+            response.close()
+
+
+async def _whole(
+    response: aiohttp.ClientResponse, member: Member, url: str, keep: bool
+) -> AsyncIterator[Chunk]:
+    """A JSON answer to a streaming request (a server that ignored ``stream``): one chunk."""
+    payload = await _json_body(response, member, url)
+    chunk = to_chunk(payload, member)
+    if chunk is None:
+        raise no_answer(
+            f"{host_port(url)} answered with a body that is not a chat completion", member
+        )
+    yield replace(chunk, wire=(payload,)) if keep else chunk
 
 
 async def _events(
@@ -357,7 +376,7 @@ async def _events(
         # A 200 that carried nothing we could read is not an (empty) answer: it fails
         # like an error with no status, so it is retried and then the next member serves.
         what = f"{malformed} events that are not JSON" if malformed else "no event"
-        raise _no_answer(f"no readable event in the answer ({what})", member)
+        raise no_answer(f"no readable event in the answer ({what})", member)
     if not (done or finished):
         raise TransportError(
             "the stream ended before the answer finished (no finish_reason, no [DONE])",
@@ -377,7 +396,7 @@ async def _json_body(response: aiohttp.ClientResponse, member: Member, url: str)
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
-        raise _no_answer(
+        raise no_answer(
             f"{host_port(url)} answered with a body that is not a chat completion", member
         )
     if payload.get("error"):
@@ -391,7 +410,7 @@ def _is_event_stream(response: aiohttp.ClientResponse) -> bool:
     return response.content_type == "text/event-stream" or "Content-Type" not in response.headers
 
 
-def _no_answer(reason: str, member: Member) -> TransportError:
+def no_answer(reason: str, member: Member) -> TransportError:
     """A 200 that is not an answer: a failure with no status (SPEC §3.2: retried, then
     the next member), never an empty success."""
     return TransportError(reason, member=member.name)
