@@ -21,8 +21,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lbprovider.breaker import BreakerState
 from lbprovider.errors import LBError
-from lbprovider.events import Event, EventKind
+from lbprovider.events import Event, EventKind, Outcome
 from lbprovider.profiles.files import atomic_write_json
 from lbprovider.profiles.store import ProfileStore
 from lbprovider.provider import LoadBalancingProvider
@@ -167,10 +168,10 @@ def _summary(
     by = ", ".join(f"{m} {n}" for m, n in served.most_common())
     failovers = Counter(e.member for e in events if e.kind is EventKind.FAILOVER)
     timeouts = Counter(
-        e.member for e in events if e.kind is EventKind.ATTEMPT and e.outcome == "timeout"
+        e.member for e in events if e.kind is EventKind.ATTEMPT and e.outcome == Outcome.TIMEOUT
     )
     opened = Counter(
-        e.member for e in events if e.kind is EventKind.BREAKER and e.outcome == "open"
+        e.member for e in events if e.kind is EventKind.BREAKER and e.outcome == BreakerState.OPEN
     )
     skips = Counter(e.member for e in events if e.kind is EventKind.SKIP)
     parts = [

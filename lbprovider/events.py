@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Event", "EventHook", "EventKind", "log_event"]
+__all__ = ["Event", "EventHook", "EventKind", "Outcome", "log_event"]
 
 logger = logging.getLogger("lbprovider")
 
@@ -28,6 +28,30 @@ class EventKind(StrEnum):
     REQUEST = "request"  # a request ended (outcome: success/failure/cancelled)
     AFFINITY = "affinity"  # a known conversation met its member first, or not (hit/miss)
     HEDGE = "hedge"  # a hedge started, and which attempt served (started/won/lost)
+
+
+class Outcome(StrEnum):
+    """What an event says happened (``Event.outcome``).  A BREAKER event's outcome is the
+    breaker's new state (``BreakerState``) and a FAILOVER event's the failure's kind
+    (``FailureKind``): both string enums too."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    TIMEOUT = "timeout"  # a first-chunk timeout (also a failure)
+    CANCELLED = "cancelled"  # the caller went away before the first chunk
+    INTERRUPTED = "interrupted"  # the stream broke after its first chunk
+    # Why a member was skipped (SKIP).
+    BREAKER_OPEN = "breaker open"
+    BENCHED = "benched"
+    PROBE_IN_FLIGHT = "probe in flight"
+    TPM = "tpm"
+    HEADROOM = "headroom"
+    # AFFINITY and HEDGE.
+    HIT = "hit"
+    MISS = "miss"
+    STARTED = "started"
+    WON = "won"
+    LOST = "lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +82,7 @@ def log_event(event: Event) -> None:
         EventKind.FAILOVER,
         EventKind.BREAKER,
         EventKind.FAILBACK,
-    ) or event.outcome in (
-        "failure",
-        "timeout",
-    ):
+    ) or event.outcome in (Outcome.FAILURE, Outcome.TIMEOUT):
         level = logging.INFO
     if logger.isEnabledFor(level):
         parts = [f"[{event.profile}]", event.kind.value]

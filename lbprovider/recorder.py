@@ -24,7 +24,7 @@ from lbprovider.affinity import AffinityRecord
 from lbprovider.clock import Clock
 from lbprovider.config import LoadBalancerConfig, Member, Policy
 from lbprovider.errors import BackendError
-from lbprovider.events import Event, EventHook, EventKind
+from lbprovider.events import Event, EventHook, EventKind, Outcome
 from lbprovider.ledger import (
     Key,
     Ledger,
@@ -121,10 +121,10 @@ class Recorder:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    async def skipped(self, member: Member, outcome: str) -> None:
+    async def skipped(self, member: Member, outcome: Outcome) -> None:
         """The member was not tried (breaker open, probe in flight, bench, TPM or headroom
         rule)."""
-        room = outcome == "headroom"
+        room = outcome is Outcome.HEADROOM
         await self._apply(member, metrics_step=lambda m: stats.record_skip(m, headroom=room))
         self.emit(EventKind.SKIP, member.name, outcome)
 
@@ -134,7 +134,7 @@ class Recorder:
             member,
             metrics_step=lambda m: stats.record_attempt(m, stats.Outcome.CANCELLED, latency_ms=0),
         )
-        self.emit(EventKind.ATTEMPT, member.name, "cancelled", attempt=number)
+        self.emit(EventKind.ATTEMPT, member.name, Outcome.CANCELLED, attempt=number)
 
     async def attempt_failed(
         self, member: Member, number: int, err: BackendError, latency_ms: float, *, timed_out: bool
@@ -182,7 +182,7 @@ class Recorder:
             lb_step = lambda r: policies.move_sticky(r, following, ticket, now)  # noqa: E731
         await self._apply(member, breaker_step=breaker_step, lb_step=lb_step, wait=True)
         if part.failback:
-            self.emit(EventKind.FAILBACK, member.name, "failure", status=err.status)
+            self.emit(EventKind.FAILBACK, member.name, Outcome.FAILURE, status=err.status)
         self.emit(
             EventKind.FAILOVER, member.name, err.kind.value, status=err.status, detail=err.message
         )
@@ -205,25 +205,25 @@ class Recorder:
             lb_key(self.config.name), lambda r: policies.claim_hedge(r, now, percent)
         )
         if claimed.decision:
-            self.emit(EventKind.HEDGE, None, "started")
+            self.emit(EventKind.HEDGE, None, Outcome.STARTED)
         return claimed.decision
 
     def hedge_won(self) -> None:
         """The hedge served (``hedgeWins``)."""
         self.ledger.post({lb_key(self.config.name): lambda r: policies.count(r, "hedgeWins")})
-        self.emit(EventKind.HEDGE, None, "won")
+        self.emit(EventKind.HEDGE, None, Outcome.WON)
 
     def hedge_lost(self, member: Member) -> None:
         """An attempt cancelled because the other served first (``hedgesLost``)."""
         self.ledger.post({metrics_key(self.config.name, member.name): stats.record_hedge_lost})
-        self.emit(EventKind.HEDGE, member.name, "lost")
+        self.emit(EventKind.HEDGE, member.name, Outcome.LOST)
 
     def affinity(self, *, hit: bool) -> None:
         """A request with a known conversation: its member came first (a hit), or could
         not (a miss: not admitted, expired, no longer a member)."""
         name = "affinityHits" if hit else "affinityMisses"
         self.ledger.post({lb_key(self.config.name): lambda r: policies.count(r, name)})
-        self.emit(EventKind.AFFINITY, None, "hit" if hit else "miss")
+        self.emit(EventKind.AFFINITY, None, Outcome.HIT if hit else Outcome.MISS)
 
     async def probe_released(self, member: Member) -> None:
         """A probe ended saying nothing about health (the caller cancelled)."""
@@ -270,15 +270,15 @@ class Recorder:
             wait=failback or (failover and index != part.start.index),
         )
         if failback:
-            self.emit(EventKind.FAILBACK, member.name, "success")
+            self.emit(EventKind.FAILBACK, member.name, Outcome.SUCCESS)
         self.emit(
             EventKind.ATTEMPT,
             member.name,
-            "success",
+            Outcome.SUCCESS,
             latency_ms=part.latency_ms,
             first_chunk_ms=part.first_chunk_ms,
         )
-        self.emit(EventKind.REQUEST, member.name, "success")
+        self.emit(EventKind.REQUEST, member.name, Outcome.SUCCESS)
 
     async def broke(self, part: Part, err: BackendError) -> None:
         """The member's stream broke after text reached the caller: its failure (an
@@ -317,7 +317,7 @@ class Recorder:
         self.emit(
             EventKind.ATTEMPT,
             member.name,
-            "interrupted",
+            Outcome.INTERRUPTED,
             status=err.status,
             latency_ms=part.latency_ms,
             detail=err.message,
@@ -335,7 +335,7 @@ class Recorder:
             return policies.move_sticky(r, 0, ticket, now) if back_to_first else r
 
         await self.ledger.aapply({lb_key(self.config.name): step})
-        self.emit(EventKind.REQUEST, None, "failure")
+        self.emit(EventKind.REQUEST, None, Outcome.FAILURE)
 
     # -- the one write -------------------------------------------------------------------------
 

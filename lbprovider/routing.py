@@ -34,7 +34,7 @@ from lbprovider.errors import (
     RequestRejectedError,
     StreamInterruptedError,
 )
-from lbprovider.events import EventHook
+from lbprovider.events import EventHook, Outcome
 from lbprovider.ledger import Ledger, affinity_key, breaker_key, lb_key
 from lbprovider.messages import check_messages
 from lbprovider.recorder import Part, Recorder
@@ -346,9 +346,8 @@ class Router:
         reason, until = admitted.skip_reason(self.breaker_policy)
         if reason == OPEN_REASON and until is not None:
             req.open_skips[self.config.member_names.index(member.name)] = until
-        outcome = "tpm" if admitted.tpm_skip else "headroom" if admitted.headroom_skip else reason
-        await self.recorder.skipped(member, outcome)
-        text = f"skipped: {reason}"
+        await self.recorder.skipped(member, reason)
+        text = f"skipped: {SKIP_TEXT.get(reason, reason)}"
         if until is not None:
             text += f" until {_clock_text(until)}"
         req.trace.failures.append(MemberFailure(member.name, text, skipped=True, recovery_at=until))
@@ -685,6 +684,10 @@ async def _replay(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
     """Chunks already read, as a stream."""
     for chunk in chunks:
         yield chunk
+
+
+# The exhausted-everything message's words for the skips whose outcome is terse.
+SKIP_TEXT = {Outcome.TPM: "tpm below threshold", Outcome.HEADROOM: "no rate-limit headroom"}
 
 
 def _clock_text(epoch: float) -> str:

@@ -38,6 +38,7 @@ from lbprovider import headroom, policies, window
 from lbprovider.clock import Clock
 from lbprovider.config import LoadBalancerConfig, Member, Policy
 from lbprovider.errors import BackendError
+from lbprovider.events import Outcome
 from lbprovider.ledger import Change, Key, Ledger, breaker_key, headroom_key, lb_key, tpm_key
 from lbprovider.retry import RetryPolicy
 
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 Known = dict[Key[Any], Any]  # records read at a request's start, by key
-OPEN_REASON = "breaker open"  # a skip for an open breaker alone (a panic probe may follow)
+OPEN_REASON = Outcome.BREAKER_OPEN  # an open breaker alone (a panic probe may follow)
 # Members whose admission records a request's start reads, from the likely start member:
 # the first and its next two cover a request and its usual failovers.
 READ_AHEAD = 3
@@ -181,18 +182,18 @@ class Admitted:
         """Skipped by a rule that never leaves a request with no candidate: tried last."""
         return self.admission is not brk.Admission.SKIP and (self.tpm_skip or self.headroom_skip)
 
-    def skip_reason(self, policy: brk.BreakerPolicy) -> tuple[str, float | None]:
-        """Why, for the exhausted-everything message, and until when (epoch seconds)."""
+    def skip_reason(self, policy: brk.BreakerPolicy) -> tuple[Outcome, float | None]:
+        """Why (the SKIP event's outcome), and until when (epoch seconds)."""
         rec = self.record
         if self.tpm_skip:
-            return "tpm below threshold", None
+            return Outcome.TPM, None
         if self.headroom_skip:
-            return "no rate-limit headroom", None
+            return Outcome.HEADROOM, None
         if rec.manual:
-            return "benched", rec.recovery_at
+            return Outcome.BENCHED, rec.recovery_at
         if rec.state is brk.BreakerState.HALF_OPEN:
-            return "probe in flight", rec.probe_until
-        return OPEN_REASON, rec.recovery_at
+            return Outcome.PROBE_IN_FLIGHT, rec.probe_until
+        return Outcome.BREAKER_OPEN, rec.recovery_at
 
 
 class Selection:

@@ -14,11 +14,11 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
 from lbprovider import headroom
 from lbprovider.breaker import BreakerRecord
+from lbprovider.events import Outcome  # how one attempt ended (the events' own words)
 from lbprovider.headroom import RateLimit
 from lbprovider.policies import LBRecord
 from lbprovider.window import Buckets, current_tpm
@@ -37,15 +37,6 @@ PROFILE_V3_COUNTERS = ("affinityHits", "affinityMisses", "hedges", "hedgeWins", 
 _SAMPLES = 200  # first-chunk latencies kept per member, for percentiles
 RECENT_BUCKET_S = 10  # the recent (requests, failures) counts are kept per 10 seconds...
 RECENT_BUCKETS = 7  # ...for 70 s: every bucket that overlaps the last 60 s
-
-
-class Outcome(StrEnum):
-    """How one attempt ended."""
-
-    SUCCESS = "success"
-    FAILURE = "failure"
-    TIMEOUT = "timeout"  # a first-chunk timeout (also a failure)
-    CANCELLED = "cancelled"  # the caller went away before the first chunk
 
 
 @dataclass(frozen=True, slots=True)

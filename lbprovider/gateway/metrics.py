@@ -17,14 +17,18 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from lbprovider import breaker as brk
-from lbprovider.events import Event, EventKind
+from lbprovider.events import Event, EventKind, Outcome
 from lbprovider.ledger import Ledger, breaker_key
 from lbprovider.transport import Usage
 
 __all__ = ["GatewayMetrics", "RequestOutcome"]
 
 # An attempt's outcome label, by the engine event that ended it.
-_ATTEMPT_OUTCOMES = {"success": "ok", "timeout": "timeout", "interrupted": "interrupted"}
+_ATTEMPT_OUTCOMES: dict[str, str] = {
+    Outcome.SUCCESS: "ok",
+    Outcome.TIMEOUT: "timeout",
+    Outcome.INTERRUPTED: "interrupted",
+}
 _BREAKER_VALUE = {
     brk.BreakerState.CLOSED: 0,
     brk.BreakerState.HALF_OPEN: 1,
@@ -96,19 +100,19 @@ class GatewayMetrics:
     def on_event(self, event: Event) -> None:
         """The engine's event hook: attempts, failovers, first chunks."""
         if event.kind is EventKind.ATTEMPT:
-            if event.outcome == "cancelled":
+            if event.outcome == Outcome.CANCELLED:
                 return  # a caller that left is not an attempt's outcome (SPEC §6)
             # A content-policy refusal (FailureKind.FINAL) is the request's fault too.
             failure = "request" if event.failure == "final" else event.failure
             outcome = _ATTEMPT_OUTCOMES.get(event.outcome) or failure or "retryable"
             self.attempts.labels(event.profile, event.member or "", outcome).inc()
-            if event.first_chunk_ms is not None and event.outcome == "success":
+            if event.first_chunk_ms is not None and event.outcome == Outcome.SUCCESS:
                 self.ttfc.labels(event.profile, event.member or "").observe(
                     event.first_chunk_ms / 1000
                 )
         elif event.kind is EventKind.FAILOVER:
             self.failovers.labels(event.profile).inc()
-        elif event.kind is EventKind.SKIP and event.outcome == "headroom":
+        elif event.kind is EventKind.SKIP and event.outcome == Outcome.HEADROOM:
             self.headroom_skips.labels(event.member or "").inc()
         elif event.kind is EventKind.AFFINITY:
             self.affinity.labels(event.profile, event.outcome).inc()

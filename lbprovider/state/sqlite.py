@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,12 +54,22 @@ def _prefix_end(prefix: str) -> str:
     return prefix + "\U0010ffff"
 
 
+class OpKind(StrEnum):
+    """What one queued operation does (the writer thread applies them in order)."""
+
+    GET = "get"
+    SCAN = "scan"
+    UPDATE = "update"
+    DELETE = "delete"
+    NOOP = "noop"  # a marker: everything queued before it is applied (flush)
+
+
 class _Op:
     """One queued operation; ``future`` is None for a posted (write-behind) update."""
 
     __slots__ = ("arg", "future", "kind")
 
-    def __init__(self, kind: str, arg: Any, future: Future[Any] | None) -> None:
+    def __init__(self, kind: OpKind, arg: Any, future: Future[Any] | None) -> None:
         self.kind = kind
         self.arg = arg
         self.future = future
@@ -127,7 +138,7 @@ class SQLiteStore:
 
     # -- the writer thread -----------------------------------------------------------------
 
-    def _submit(self, kind: str, arg: Any, *, wait: bool) -> Future[Any]:
+    def _submit(self, kind: OpKind, arg: Any, *, wait: bool) -> Future[Any]:
         future: Future[Any] = Future()
         if self._thread is None:
             with self._start_lock:
@@ -202,7 +213,7 @@ class SQLiteStore:
     def _transaction(
         self, conn: sqlite3.Connection, batch: list[_Op]
     ) -> list[tuple[_Op, Any, BaseException | None]]:
-        writes = any(op.kind in ("update", "delete") for op in batch)
+        writes = any(op.kind in (OpKind.UPDATE, OpKind.DELETE) for op in batch)
         conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         try:
             out = [self._run_op(conn, op) for op in batch]
@@ -214,7 +225,7 @@ class SQLiteStore:
 
     @staticmethod
     def _run_op(conn: sqlite3.Connection, op: _Op) -> tuple[_Op, Any, BaseException | None]:
-        if op.kind == "get":
+        if op.kind is OpKind.GET:
             keys: list[str] = op.arg
             found: dict[str, Any] = {}
             for i in range(0, len(keys), _CHUNK):
@@ -223,16 +234,16 @@ class SQLiteStore:
                 rows = conn.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", part)
                 found.update((k, json.loads(v)) for k, v in rows)
             return op, found, None
-        if op.kind == "scan":
+        if op.kind is OpKind.SCAN:
             rows = conn.execute(
                 "SELECT key, value FROM kv WHERE key >= ? AND key < ?",
                 (op.arg, _prefix_end(op.arg)),
             )
             return op, {k: json.loads(v) for k, v in rows}, None
-        if op.kind == "delete":
+        if op.kind is OpKind.DELETE:
             conn.execute("DELETE FROM kv WHERE key >= ? AND key < ?", (op.arg, _prefix_end(op.arg)))
             return op, None, None
-        if op.kind == "noop":
+        if op.kind is OpKind.NOOP:
             return op, None, None
         updates: Mapping[str, Updater] = op.arg
         keys = list(updates)
@@ -255,15 +266,15 @@ class SQLiteStore:
                 )
         return op, new, None
 
-    def _apply_memory(self, kind: str, arg: Any) -> Any:
+    def _apply_memory(self, kind: OpKind, arg: Any) -> Any:
         m = self._fallback
-        if kind == "get":
+        if kind is OpKind.GET:
             return m.get_many(arg)
-        if kind == "scan":
+        if kind is OpKind.SCAN:
             return m.scan(arg)
-        if kind == "delete":
+        if kind is OpKind.DELETE:
             return m.delete_prefix(arg)
-        if kind == "update":
+        if kind is OpKind.UPDATE:
             return m.update_many(arg)
         return None
 
@@ -271,16 +282,16 @@ class SQLiteStore:
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Current values of ``keys``."""
-        return self._submit("get", list(dict.fromkeys(keys)), wait=True).result()  # type: ignore[no-any-return]
+        return self._submit(OpKind.GET, list(dict.fromkeys(keys)), wait=True).result()  # type: ignore[no-any-return]
 
     async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Current values of ``keys``, awaited."""
-        future = self._submit("get", list(dict.fromkeys(keys)), wait=True)
+        future = self._submit(OpKind.GET, list(dict.fromkeys(keys)), wait=True)
         return await _wrap(future)
 
     def scan(self, prefix: str) -> dict[str, Any]:
         """Every key starting with ``prefix``."""
-        return self._submit("scan", prefix, wait=True).result()  # type: ignore[no-any-return]
+        return self._submit(OpKind.SCAN, prefix, wait=True).result()  # type: ignore[no-any-return]
 
     def update(self, key: str, fn: Updater) -> Any:
         """Atomic read-modify-write of one key."""
@@ -290,7 +301,7 @@ class SQLiteStore:
         self, updates: Mapping[str, Updater], *, ttl_s: Mapping[str, float] | None = None
     ) -> dict[str, Any]:
         """Atomic read-modify-write of several keys, in one IMMEDIATE transaction."""
-        return self._submit("update", dict(updates), wait=True).result()  # type: ignore[no-any-return]
+        return self._submit(OpKind.UPDATE, dict(updates), wait=True).result()  # type: ignore[no-any-return]
 
     async def aupdate_many(
         self,
@@ -301,9 +312,9 @@ class SQLiteStore:
     ) -> dict[str, Any]:
         """``update_many``, awaited; the ``read`` keys are read right after it, in the
         same batch (usually the same transaction)."""
-        future = self._submit("update", dict(updates), wait=True)
+        future = self._submit(OpKind.UPDATE, dict(updates), wait=True)
         extra = [k for k in dict.fromkeys(read) if k not in updates]
-        reading = self._submit("get", extra, wait=True) if extra else None
+        reading = self._submit(OpKind.GET, extra, wait=True) if extra else None
         out: dict[str, Any] = dict(await _wrap(future))
         if reading is not None:
             out.update(await _wrap(reading))
@@ -313,22 +324,22 @@ class SQLiteStore:
         self, updates: Mapping[str, Updater], *, ttl_s: Mapping[str, float] | None = None
     ) -> None:
         """Queue ``update_many``; applied in order, in the next transaction."""
-        self._submit("update", dict(updates), wait=False)
+        self._submit(OpKind.UPDATE, dict(updates), wait=False)
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key starting with ``prefix``."""
-        self._submit("delete", prefix, wait=True).result()
+        self._submit(OpKind.DELETE, prefix, wait=True).result()
 
     def flush(self) -> None:
         """Wait until every posted update is written."""
         if self._thread is not None:
-            self._submit("noop", None, wait=True).result()
+            self._submit(OpKind.NOOP, None, wait=True).result()
 
     def close(self) -> None:
         """Flush, stop the writer thread, close the file (idempotent)."""
         thread, self._thread = self._thread, None
         if thread is not None:
-            self._queue.put(_Op("noop", None, None))
+            self._queue.put(_Op(OpKind.NOOP, None, None))
             self._queue.put(None)
             thread.join()
             atexit.unregister(self.close)
