@@ -102,13 +102,17 @@ def conversation(
     config: LoadBalancerConfig,
     messages: Sequence[Mapping[str, Any]],
     explicit_key: str | None,
+    prompt_tokens: int | None = None,
 ) -> Affinity | None:
     """The request's conversation, when affinity applies to it (``roundrobin``, a time to
-    live, a prompt long enough to be cached); None otherwise."""
+    live, a prompt long enough to be cached); None otherwise.  ``prompt_tokens``: the
+    request's estimate, when the caller has it already."""
     settings = config.settings
     if config.policy is not Policy.ROUNDROBIN or settings.affinity_ttl_ms <= 0:
         return None
-    if estimate_tokens(messages, "") < settings.affinity_min_tokens:
+    if prompt_tokens is None:
+        prompt_tokens = estimate_tokens(messages, "")
+    if prompt_tokens < settings.affinity_min_tokens:
         return None  # no provider caches it: nothing to keep together
     if explicit_key:
         material = json.dumps(["key", config.name, explicit_key])

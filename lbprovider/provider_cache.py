@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
+
 from lbprovider.errors import ConfigError
 from lbprovider.profiles.store import ProfileStore
 from lbprovider.provider import LoadBalancingProvider
@@ -29,8 +31,8 @@ __all__ = ["ProviderCache", "cached_provider", "loadbalancer_names"]
 Stamp = tuple[tuple[str, int, int], ...]
 
 # (path, mtime_ns, size) -> whether that file is a load balancer, so listing reads a
-# file again only when it changed.
-_KINDS: dict[tuple[str, int, int], bool] = {}
+# file again only when it changed; bounded, as a long-running gateway sees many edits.
+_KINDS: LRUCache[tuple[str, int, int], bool] = LRUCache(maxsize=4096)
 
 
 def _stat(path: Path) -> tuple[str, int, int]:

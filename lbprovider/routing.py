@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from lbprovider import breaker as brk
 from lbprovider import policies, window
-from lbprovider.affinity import Affinity, AffinityRecord, conversation
+from lbprovider.affinity import AffinityRecord, conversation
 from lbprovider.classify import classify
 from lbprovider.clock import Clock, Sleep
 from lbprovider.config import Continuation, LoadBalancerConfig, Member
@@ -35,7 +35,7 @@ from lbprovider.errors import (
     StreamInterruptedError,
 )
 from lbprovider.events import EventHook, Outcome
-from lbprovider.ledger import Ledger, affinity_key, breaker_key, lb_key
+from lbprovider.ledger import Key, Ledger, affinity_key, breaker_key, lb_key
 from lbprovider.messages import check_messages
 from lbprovider.recorder import Part, Recorder
 from lbprovider.retry import RetryPolicy
@@ -93,7 +93,7 @@ class Request:
     # The client's own request, for a member that speaks its API (SPEC §4.2 pass-through).
     wire: Wire | None = None
     # Its conversation (SPEC §3.5), and the member that conversation names, if any.
-    affinity: Affinity | None = None
+    conversation: Key[AffinityRecord] | None = None
     affine: int | None = None
     prompt_tokens: int = 0  # estimated, for the headroom rule (SPEC §3.6)
     # Members skipped only because their breaker is open, by index: a panic probe's pick.
@@ -168,17 +168,19 @@ class Router:
         """
         check_messages(messages)  # a caller's error is refused before any member is asked
         explicit = params.get("affinity_key")
-        chat = conversation(self.config, messages, explicit if isinstance(explicit, str) else None)
+        prompt_tokens = window.estimate_tokens(messages, "")
+        chat = conversation(
+            self.config, messages, explicit if isinstance(explicit, str) else None, prompt_tokens
+        )
         key = affinity_key(self.config.name, chat.key) if chat is not None else None
         start, known = await self.selection.start([key] if key and chat and chat.follows else [])
         req = Request(
             messages, params, trace, start=start, known=known, streaming=streaming, wire=wire
         )
-        req.affinity = chat
-        req.prompt_tokens = window.estimate_tokens(messages, "")
-        if key is not None and key in known:
+        req.conversation, req.prompt_tokens = key, prompt_tokens
+        if chat is not None and key is not None and key in known:
             record: AffinityRecord = known[key]
-            req.affine = chat.member_index(record, self.config, self.clock.now()) if chat else None
+            req.affine = chat.member_index(record, self.config, self.clock.now())
             if record.member is not None and req.affine is None:
                 self.recorder.affinity(hit=False)  # expired, or no longer a member
         try:
@@ -622,14 +624,13 @@ class Router:
         billed = usage or Usage(completion_tokens=window.estimate_tokens(req.messages, text))
         previous = req.trace.usage
         req.trace.usage = billed if previous is None else previous + billed
-        chat = req.affinity
         part = Part(
             member,
             cand.index,
             req.start,
             probe=probe,
             failback=cand.failback,
-            affinity=affinity_key(self.config.name, chat.key) if chat is not None else None,
+            affinity=req.conversation,
             continued=opened.continued,
             latency_ms=latency,
             first_chunk_ms=opened.first_chunk_ms,

@@ -84,11 +84,7 @@ class Gateway:
     served: Served
     settings: Settings
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    inflight: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
+    inflight: int = 0  # said on stderr when a drain begins
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -190,7 +186,6 @@ async def answer(gw: Gateway, form: Form, request: web.Request) -> web.StreamRes
         # The served profile is broken: the operator's to fix, not the client's request.
         return _error(form, 500, f"load balancer {name!r} cannot be used: {exc}")
     gw.inflight += 1
-    gw.idle.clear()
     gauge = gw.metrics.inflight.labels(name)
     gauge.inc()
     trace = RequestTrace()
@@ -218,8 +213,6 @@ async def answer(gw: Gateway, form: Form, request: web.Request) -> web.StreamRes
             gw.metrics.served(trace.backend, trace.usage)
         gauge.dec()
         gw.inflight -= 1
-        if gw.inflight == 0:
-            gw.idle.set()
 
 
 async def _stream(

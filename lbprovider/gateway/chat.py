@@ -20,20 +20,18 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lbprovider.errors import InvalidRequestError
-from lbprovider.gateway.forms import Asked, ErrorKind, sse
+from lbprovider.gateway.forms import Asked, ErrorKind, session_key, sse
 from lbprovider.transport import Api, Chunk, Wire
 
 if TYPE_CHECKING:
     from lbprovider.provider import Result
     from lbprovider.routing import RequestTrace
 
-__all__ = ["FORM", "ChatForm", "openai_error", "session_key"]
+__all__ = ["FORM", "ChatForm", "openai_error"]
 
 # Keys of the body that are not backend parameters.
 _NOT_PARAMS = frozenset({"model", "messages", "stream", "stream_options"})
 _HINT = "see https://platform.openai.com/docs/api-reference/chat/create"
-# Headers coding assistants send to name a conversation (SPEC §3.5), first found wins.
-SESSION_HEADERS = ("x-session-id", "x-claude-code-session-id", "session_id", "session-id")
 _OPENAI_TYPES = {
     ErrorKind.INVALID_REQUEST: "invalid_request_error",
     ErrorKind.AUTHENTICATION: "authentication_error",
@@ -64,14 +62,6 @@ def openai_error(status: int, kind: ErrorKind, message: str) -> dict[str, Any]:
             "code": _OPENAI_CODES.get(kind),
         }
     }
-
-
-def session_key(headers: Mapping[str, str]) -> str | None:
-    """A conversation key from the session headers coding assistants send."""
-    for name in SESSION_HEADERS:
-        if value := headers.get(name, "").strip():
-            return value
-    return None
 
 
 def _tool_call_dicts(chunk: Chunk) -> list[dict[str, Any]]:

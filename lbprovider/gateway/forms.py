@@ -35,7 +35,11 @@ if TYPE_CHECKING:
     from lbprovider.provider import Result
     from lbprovider.routing import RequestTrace
 
-__all__ = ["Asked", "ErrorKind", "EventWriter", "Form", "sse"]
+__all__ = ["SESSION_HEADERS", "Asked", "ErrorKind", "EventWriter", "Form", "session_key", "sse"]
+
+# Headers coding assistants send to name a conversation (SPEC §3.5), first found wins:
+# Claude Code's, the generic one, Codex's (it sends `session-id`; `session_id` is read too).
+SESSION_HEADERS = ("x-claude-code-session-id", "x-session-id", "session_id", "session-id")
 
 
 class ErrorKind(StrEnum):
@@ -122,6 +126,15 @@ class Form(Protocol):
     def error(self, status: int, kind: ErrorKind, message: str) -> dict[str, Any]:
         """This form's error body."""
         ...
+
+
+def session_key(headers: Mapping[str, str]) -> str | None:
+    """A conversation key from the session headers, whatever their case (every form)."""
+    lower = {str(k).lower(): v for k, v in headers.items()}
+    for name in SESSION_HEADERS:
+        if value := str(lower.get(name, "")).strip():
+            return value
+    return None
 
 
 def sse(data: Mapping[str, Any] | str, event: str | None = None) -> bytes:

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lbprovider.errors import InvalidRequestError
-from lbprovider.gateway.forms import Asked, ErrorKind, sse
+from lbprovider.gateway.forms import Asked, ErrorKind, session_key, sse
 from lbprovider.transport import Api, Chunk, ToolCallDelta, Usage, Wire
 from lbprovider.window import estimate_tokens
 
@@ -62,8 +62,6 @@ _STOP_REASONS = {
 
 # Client headers an Anthropic member must see as the client sent them.
 _WIRE_HEADERS = ("anthropic-beta", "anthropic-version")
-# Conversation keys (SPEC §3.5), first found wins; then the body's ``metadata.user_id``.
-_SESSION_HEADERS = ("x-claude-code-session-id", "x-session-id", "session_id", "session-id")
 # Request fields that reach the engine under the same name.
 _PASSED = ("temperature", "top_p")
 _THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})
@@ -339,10 +337,9 @@ def _tool_choice(raw: Any) -> tuple[Any, bool]:
 
 
 def _affinity_key(body: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
-    lower = {str(k).lower(): v for k, v in headers.items()}
-    for name in _SESSION_HEADERS:
-        if lower.get(name):
-            return str(lower[name])
+    """A session header (SPEC §3.5), else the body's ``metadata.user_id``."""
+    if key := session_key(headers):
+        return key
     metadata = body.get("metadata")
     if isinstance(metadata, Mapping):
         user = metadata.get("user_id")

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lbprovider.errors import InvalidRequestError
-from lbprovider.gateway.chat import openai_error, session_key
-from lbprovider.gateway.forms import Asked, ErrorKind, sse
+from lbprovider.gateway.chat import openai_error
+from lbprovider.gateway.forms import Asked, ErrorKind, session_key, sse
 from lbprovider.transport import Chunk, ToolCallDelta, Usage
 
 if TYPE_CHECKING:
